@@ -1,0 +1,36 @@
+# refinekit: `make demo` runs the main job, `make test` runs the checks.
+# Both create .venv from nothing; nothing needs to be installed beforehand except Python >= 3.11.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP_ALL  := $(VENV)/.installed-all
+STAMP_TEST := $(VENV)/.installed-test
+DEMO_OUT ?= demo-output
+
+.PHONY: demo test lint clean benchmarks
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(STAMP_ALL): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e ".[all]"
+	touch $@
+
+$(STAMP_TEST): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e ".[all,test]"
+	touch $@ $(STAMP_ALL)
+
+demo: $(STAMP_ALL)
+	$(BIN)/refinekit demo --out $(DEMO_OUT)
+
+test: $(STAMP_TEST)
+	$(BIN)/ruff check src tests benchmarks examples
+	$(BIN)/python -m pytest -q
+
+benchmarks: $(STAMP_TEST)
+	$(BIN)/python benchmarks/engine_overhead.py
+	$(BIN)/python benchmarks/nist_strd.py
+
+clean:
+	rm -rf $(VENV) $(DEMO_OUT) build src/*.egg-info .pytest_cache .ruff_cache

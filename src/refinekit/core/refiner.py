@@ -1,0 +1,254 @@
+"""The loop: guess -> check -> correct -> repeat, with an honest stop.
+
+Every cycle the engine scores the current model (work, free, restraints), records the scores, tests
+the stop rules, and only then asks the problem for a correction. Cycle ``k``'s record is the model
+after ``k`` corrections, so the returned model has always been checked.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from .callbacks import Callback, as_callback
+from .checkpoint import load_checkpoint, save_checkpoint
+from .errors import InputError
+from .problem import Problem, Scores, evaluate_restraints, relative_norm
+from .result import Alarm, CycleRecord, RefinementResult
+from .status import Status, StopRefinement
+from .validation import OverfitMonitor
+
+
+class Refiner:
+    """Runs a :class:`~refinekit.core.problem.Problem` until a stop rule fires.
+
+    Parameters
+    ----------
+    max_cycles:
+        At most this many corrections.
+    xtol:
+        Converged when the relative correction (``problem.step_size``, by default
+        ``||step|| / ||model||``) is at or below ``xtol``.
+    stagnation:
+        Stagnated when a correction is more than ``stagnation`` times the previous one (the
+        corrections stopped shrinking). None (the default) turns the rule off: a damped
+        least-squares step may grow before it shrinks, a fixed-point iteration may not.
+    divergence:
+        Diverged when the work score rises above ``divergence`` times its lowest value.
+    patience, min_delta, rel_delta:
+        The overfitting alarm (:class:`~refinekit.core.validation.OverfitMonitor`).
+    stop_on_overfit:
+        End the run when the alarm fires (status ``overfitting``); otherwise only record it.
+    restore_best:
+        Return the best model by free score (by work score without a free set) rather than the last.
+    callbacks:
+        :class:`~refinekit.core.callbacks.Callback` objects or functions ``f(record)``; a true
+        return value (or ``StopIteration``) stops the run.
+    checkpoint:
+        A path: the state is written there (atomically) after every ``checkpoint_every`` cycles;
+        :meth:`run` with ``resume_from`` continues such a run to the same result.
+    """
+
+    def __init__(
+        self,
+        problem: Problem,
+        *,
+        max_cycles: int = 50,
+        xtol: float = 1e-8,
+        stagnation: float | None = None,
+        divergence: float = 1e3,
+        patience: int = 3,
+        min_delta: float = 0.0,
+        rel_delta: float = 1e-3,
+        stop_on_overfit: bool = True,
+        restore_best: bool = True,
+        callbacks: Iterable[Any] = (),
+        checkpoint: str | os.PathLike[str] | None = None,
+        checkpoint_every: int = 1,
+    ) -> None:
+        if max_cycles < 0:
+            raise InputError(f"max_cycles must be >= 0, got {max_cycles}")
+        if not xtol >= 0:
+            raise InputError(f"xtol must be >= 0, got {xtol}")
+        if stagnation is not None and not stagnation > 0:
+            raise InputError(f"stagnation ratio must be > 0, got {stagnation}")
+        if not divergence > 1:
+            raise InputError(f"divergence factor must be > 1, got {divergence}")
+        self.problem = problem
+        self.max_cycles = int(max_cycles)
+        self.xtol = float(xtol)
+        self.stagnation = stagnation
+        self.divergence = float(divergence)
+        self.monitor = OverfitMonitor(patience, min_delta, rel_delta)
+        self.stop_on_overfit = stop_on_overfit
+        self.restore_best = restore_best
+        self.callbacks: list[Callback] = [as_callback(c) for c in callbacks]
+        self.checkpoint = Path(checkpoint) if checkpoint is not None else None
+        self.checkpoint_every = max(1, int(checkpoint_every))
+
+    # ------------------------------------------------------------------------------------ run
+    def run(self, resume_from: str | os.PathLike[str] | None = None) -> RefinementResult:
+        problem = self.problem
+        step_size = getattr(problem, "step_size", relative_norm)
+        is_finite = getattr(problem, "is_finite", None)
+        restraints = getattr(problem, "restraints", ()) or ()
+
+        if resume_from is not None:
+            state = load_checkpoint(resume_from)
+            x, cycle = state["x"], state["cycle"]
+            history: list[CycleRecord] = state["history"]
+            alarms: list[Alarm] = state["alarms"]
+            best_x, lowest_work = state["best_x"], state["lowest_work"]
+            last_step, prev_step = state["last_step"], state["prev_step"]
+            self.monitor.load_state_dict(state["monitor"])
+            if hasattr(problem, "load_state_dict"):
+                problem.load_state_dict(state["problem"])
+        else:
+            self.monitor.reset()
+            x, cycle = problem.initial(), 0
+            history, alarms = [], []
+            best_x, lowest_work = x, math.inf
+            last_step = prev_step = None
+
+        for cb in self.callbacks:
+            cb.on_start(problem, self.max_cycles)
+
+        status: Status | None = None
+        message = ""
+        tick = time.perf_counter()
+        while True:
+            # ---- check
+            try:
+                scores = problem.check(x)
+            except StopRefinement as stop:
+                status, message = stop.status, stop.message
+                break
+            if scores.restraint is None and restraints:
+                penalty, stats = evaluate_restraints(restraints, x)
+                scores.restraint = penalty
+                scores.figures = {**stats, **scores.figures}
+            now = time.perf_counter()
+            record = CycleRecord(cycle, scores.work, scores.free, last_step, now - tick,
+                                 scores.restraint, scores.figures)
+            tick = now
+            history.append(record)
+
+            # ---- stop?
+            status, message = self._stop_rule(record, scores, x, is_finite, lowest_work, prev_step)
+            if status is None or status is Status.CONVERGED:
+                alarm = self.monitor.update(cycle, scores.work, scores.free)
+                if self.monitor.best_cycle == cycle:
+                    best_x = x
+                lowest_work = min(lowest_work, scores.work)
+                if alarm is not None:
+                    alarms.append(alarm)
+                    if status is None and self.stop_on_overfit:
+                        status = Status.OVERFITTING
+                        message = f"overfitting: {alarm.message}"
+            stop_asked, stop_message = self._ask_callbacks(record, x)
+            if status is None and stop_asked:
+                status, message = Status.CALLBACK, stop_message
+            if status is None and cycle >= self.max_cycles:
+                status = Status.MAX_CYCLES
+                message = f"stopped after the maximum of {self.max_cycles} cycles without converging"
+            if status is not None:
+                break
+
+            # ---- correct
+            try:
+                step = problem.correct(x, scores)
+            except StopRefinement as stop:
+                status, message = stop.status, stop.message
+                break
+            size = float(step_size(x, step))
+            if not math.isfinite(size):
+                status = Status.NON_FINITE
+                message = f"non-finite correction at cycle {cycle + 1}"
+                break
+            x = problem.apply(x, step)
+            prev_step, last_step = last_step, size
+            cycle += 1
+            if self.checkpoint is not None and cycle % self.checkpoint_every == 0:
+                save_checkpoint(self.checkpoint, {
+                    "x": x, "cycle": cycle, "history": history, "alarms": alarms,
+                    "best_x": best_x, "lowest_work": lowest_work, "last_step": last_step,
+                    "prev_step": prev_step, "monitor": self.monitor.state_dict(),
+                    "problem": problem.state_dict() if hasattr(problem, "state_dict") else {},
+                })
+
+        best_cycle = self.monitor.best_cycle
+        if best_cycle is None:  # not even the starting model was finite
+            best_cycle, best_x = len(history) - 1, x
+        returned = best_x if self.restore_best else x
+        if not self.restore_best:
+            best_cycle = len(history) - 1
+        if status is Status.OVERFITTING and self.restore_best:
+            message += f"; kept the model of cycle {best_cycle}"
+        result = RefinementResult(
+            x=returned, status=status, message=message, n_cycles=cycle, history=history,
+            best_cycle=best_cycle, alarms=alarms, x_last=x,
+        )
+        for cb in self.callbacks:
+            cb.on_end(result)
+        return result
+
+    # ---------------------------------------------------------------------------- stop rules
+    def _stop_rule(
+        self, record: CycleRecord, scores: Scores, x: Any, is_finite: Any, lowest_work: float,
+        prev_step: float | None,
+    ) -> tuple[Status | None, str]:
+        if not scores.is_finite():
+            return Status.NON_FINITE, f"non-finite score at cycle {record.cycle}"
+        if is_finite is not None and not is_finite(x):
+            return Status.NON_FINITE, f"non-finite model at cycle {record.cycle}"
+        step = record.step
+        if step is not None and step <= self.xtol:
+            return Status.CONVERGED, (
+                f"converged: relative correction {step:.3g} <= tolerance {self.xtol:.3g}"
+            )
+        if lowest_work > 0 and scores.work > self.divergence * lowest_work:
+            return Status.DIVERGED, (
+                f"diverged: work score {scores.work:.4g} rose above {self.divergence:g} x its "
+                f"lowest value {lowest_work:.4g}"
+            )
+        if (self.stagnation is not None and step is not None and prev_step is not None
+                and step > self.stagnation * prev_step):
+            return Status.STAGNATED, (
+                f"stagnated: correction {step:.3g} is more than {self.stagnation:g} x the "
+                f"previous one ({prev_step:.3g})"
+            )
+        return None, ""
+
+    def _ask_callbacks(self, record: CycleRecord, x: Any) -> tuple[bool, str]:
+        """Show every callback the record; the first that asks to stop names the reason."""
+        asked, message = False, ""
+        for cb in self.callbacks:
+            try:
+                stop = cb.on_cycle(record, x)
+            except StopIteration:
+                stop = True
+            if stop and not asked:
+                name = getattr(cb, "name", type(cb).__name__)
+                asked, message = True, f"stopped by callback {name} at cycle {record.cycle}"
+        return asked, message
+
+
+def refine(problem: Problem, **options: Any) -> RefinementResult:
+    """Run ``problem`` with a :class:`Refiner` made from ``options``; see :class:`Refiner`.
+
+    >>> import numpy as np
+    >>> from refinekit.core import RefinementProblem, Scores, refine
+    >>> class Sqrt2(RefinementProblem):          # Newton's iteration for x**2 = 2
+    ...     def initial(self): return np.array([1.0])
+    ...     def check(self, x): return Scores(work=abs(float(x[0] ** 2 - 2)))
+    ...     def correct(self, x, scores): return -(x ** 2 - 2) / (2 * x)
+    >>> result = refine(Sqrt2(), xtol=1e-15)
+    >>> result.status.label, round(float(result.x[0]), 12)
+    ('converged', 1.414213562373)
+    """
+    resume_from = options.pop("resume_from", None)
+    return Refiner(problem, **options).run(resume_from=resume_from)

@@ -1,0 +1,288 @@
+"""``refinekit.fit.fit``: the refinement loop for any parametric model a user brings."""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..core import FreeFlags, HoldOut, InputError, RefinementResult, Refiner
+from ..core.result import _fmt
+from .expression import Expression
+from .parameters import Parameters
+from .problem import CurveFitProblem
+
+ModelFunction = Callable[..., Any]
+
+
+@dataclass
+class FitResult(RefinementResult):
+    """A :class:`~refinekit.core.RefinementResult` plus what a fit reports (lmfit's names).
+
+    ``params`` holds the fitted values with standard errors, ``covar`` their covariance (varied
+    parameters, in order), ``free_flags`` the free set used (None when every point was fitted).
+    """
+
+    params: Parameters = field(default_factory=Parameters)
+    covar: np.ndarray | None = None
+    free_flags: FreeFlags | None = None
+    ndata: int = 0
+    nfree: int = 0
+    nvarys: int = 0
+    model: str = ""
+
+    @property
+    def chisqr(self) -> float:
+        return float(self.best.figures["chisqr"])
+
+    @property
+    def redchi(self) -> float:
+        return float(self.best.figures["redchi"])
+
+    def to_dict(self) -> dict[str, Any]:
+        out = super().to_dict()
+        history = out.pop("history")
+        out["model"] = self.model
+        out["ndata"], out["nfree"], out["nvarys"] = self.ndata, self.nfree, self.nvarys
+        out["parameters"] = self.params.to_dict()
+        out["history"] = history
+        return out
+
+    def report(self, full: bool = False) -> str:
+        lines = [f"model       : {self.model}" if self.model else "",
+                 f"data points : {self.ndata} ({self.nfree} free)", RefinementResult.report(self, full)]
+        lines.append("parameters  :")
+        width = max((len(n) for n in self.params), default=4)
+        for name, p in self.params.items():
+            err = "fixed" if not p.vary else ("n/a" if p.stderr is None else f"+/- {_fmt(p.stderr)}")
+            rel = ""
+            if p.vary and p.stderr is not None and p.value != 0:
+                rel = f" ({100 * abs(p.stderr / p.value):.3g}%)"
+            lines.append(f"  {name:<{width}} = {p.value: .10g}  {err}{rel}")
+        return "\n".join(line for line in lines if line)
+
+    fit_report = report
+
+
+def fit(
+    model: str | ModelFunction,
+    params: Parameters | Mapping[str, float],
+    data: Mapping[str, Any] | None = None,
+    y: Any = None,
+    *,
+    x: Any = None,
+    sigma: Any = None,
+    free_fraction: float = 0.05,
+    seed: int | None = 0,
+    free_flags: FreeFlags | None = None,
+    prior_weight: float = 1.0,
+    precision: str = "double",
+    geodesic: bool = False,
+    initial_damping: float = 1e-3,
+    restarts: int = 2,
+    max_cycles: int = 20000,
+    xtol: float = 1e-12,
+    ftol: float = 1e-15,
+    gtol: float = 1e-15,
+    **refine_options: Any,
+) -> FitResult:
+    """Fit ``model`` to data by damped least squares, with a free set held out.
+
+    ``model`` is an expression (``"b1*(1-exp(-b2*x))"``, names being parameters or columns of
+    ``data``) or a function ``f(x, **params)``. ``y`` is the response (or the name of a column of
+    ``data``; by default the column ``"y"``). ``sigma`` gives per-point uncertainties (weights
+    ``1/sigma**2``). ``free_fraction`` of the points (default 5 %, seeded) never guide a correction and
+    give the free score; ``free_fraction=0`` fits every point. ``free_flags`` reuses a saved free set.
+
+    ``precision="extended"`` computes the model and the residuals in long double (the corrections
+    stay in double): for zero-residual problems whose sum of squares is below double's resolution.
+    Where a run stops at a degenerate point (a parameter no longer determined, as when an exponential
+    rate runs off to infinity), the fit restarts from the starting values with 1000 times heavier
+    initial damping, up to ``restarts`` times, and keeps the best determined result.
+
+    >>> import numpy as np
+    >>> from refinekit.fit import fit
+    >>> t = np.linspace(0, 4, 40)
+    >>> y = 3.0 * np.exp(-1.3 * t) + 0.5
+    >>> res = fit("a*exp(-k*t) + c", {"a": 1, "k": 1, "c": 0}, {"t": t}, y, free_fraction=0)
+    >>> res.status.label, [round(p.value, 6) for p in res.params.values()]
+    ('converged', [3.0, 1.3, 0.5])
+    """
+    params = params if isinstance(params, Parameters) else _as_parameters(params)
+    if precision not in ("double", "extended"):
+        raise InputError(f"precision must be 'double' or 'extended', got {precision!r}")
+    dtype = np.longdouble if precision == "extended" else np.float64
+    columns = {k: np.asarray(v, dtype=dtype) for k, v in (data or {}).items()}
+    y_name = "y"
+    if y is None or isinstance(y, str):
+        y_name = y or "y"
+        if y_name not in columns:
+            raise InputError(f"no response column {y_name!r} in the data (columns: {', '.join(columns)})")
+        y_arr = columns.pop(y_name)
+    else:
+        y_arr = np.asarray(y, dtype=dtype)
+    if y_arr.ndim != 1 or y_arr.size == 0:
+        raise InputError("the response must be a non-empty one-dimensional array")
+    n = y_arr.size
+    for name, col in columns.items():
+        if col.shape != (n,):
+            raise InputError(f"column {name!r} has shape {col.shape}, the response has {n} points")
+    if not np.all(np.isfinite(y_arr)):
+        raise InputError("the response contains NaN or Inf")
+    sigma_arr = None
+    if sigma is not None:
+        sigma_arr = np.broadcast_to(np.asarray(sigma, dtype=float), (n,)).copy()
+        if not np.all(np.isfinite(sigma_arr) & (sigma_arr > 0)):
+            raise InputError("sigma must be finite and positive at every point")
+
+    predict, jacobian, text = _compile(model, params, columns, x)
+    names = params.varied
+    if not names:
+        raise InputError("no parameter is varied: nothing to fit")
+
+    if free_flags is None and free_fraction > 0:
+        free_flags = HoldOut(free_fraction, seed).flags(n)
+    elif free_flags is not None and len(free_flags) != n:
+        raise InputError(f"free flags are for {len(free_flags)} points but the data have {n}")
+    work = free_flags.work if free_flags is not None else np.ones(n, dtype=bool)
+    free = free_flags.free if free_flags is not None else None
+    if int(work.sum()) < len(names):
+        raise InputError(f"{int(work.sum())} working points cannot determine {len(names)} parameters")
+
+    prior_idx = [i for i, nm in enumerate(names) if params[nm].prior is not None]
+    priors = (np.array(prior_idx, dtype=int),
+              np.array([params[names[i]].prior.mean for i in prior_idx]),
+              np.array([params[names[i]].prior.sigma for i in prior_idx])) if prior_idx else None
+    lower, upper = params.bounds()
+    resume_from = refine_options.pop("resume_from", None)
+
+    def run(damping: float) -> tuple[RefinementResult, CurveFitProblem]:
+        problem = CurveFitProblem(
+            predict, jacobian, y_arr, params.vector(), sigma=sigma_arr, work=work, free=free,
+            lower=lower, upper=upper, priors=priors, prior_weight=prior_weight, geodesic=geodesic,
+            ftol=ftol, gtol=gtol, initial_damping=damping,
+        )
+        if not math.isfinite(problem.check(problem.x0).work):
+            raise InputError("the model is not finite at the starting values: choose other starting values")
+        refiner = Refiner(problem, max_cycles=max_cycles, xtol=xtol, **refine_options)
+        return refiner.run(resume_from=resume_from), problem
+
+    runs = []
+    for attempt in range(max(0, restarts) + 1):
+        result, problem = run(initial_damping * 1e3**attempt)
+        determined = result.usable and not problem.is_degenerate(result.x)
+        runs.append((not determined, not result.usable, result.best.work, attempt, result, problem))
+        if determined or resume_from is not None:
+            break
+    *_, attempt, result, problem = min(runs, key=lambda r: r[:4])
+    if attempt > 0:
+        result.message += (f" (restart {attempt}: the first run stopped where a parameter was not "
+                           f"determined; restarted with initial damping {initial_damping * 1e3**attempt:g})")
+    result.figures["restarts"] = len(runs) - 1
+    covar = problem.covariance(result.x) if result.usable else None
+    stderr = np.sqrt(np.diag(covar)) if covar is not None else None
+    fitted = params.updated(np.asarray(result.x, dtype=float), stderr)
+    return FitResult(
+        **{f: getattr(result, f) for f in RefinementResult.__dataclass_fields__},
+        params=fitted, covar=covar, free_flags=free_flags, ndata=n,
+        nfree=int(free.sum()) if free is not None else 0, nvarys=len(names), model=text,
+    )
+
+
+def _as_parameters(values: Mapping[str, float]) -> Parameters:
+    params = Parameters()
+    for name, value in values.items():
+        params.add(name, value)
+    return params
+
+
+def _compile(model: str | ModelFunction, params: Parameters, columns: dict[str, np.ndarray],
+             x: Any) -> tuple[Callable, Callable, str]:
+    """Prediction and Jacobian functions of the varied-parameter vector."""
+    names = params.varied
+    fixed = params.values_dict()
+    if isinstance(model, str):
+        expr = Expression(model)
+        unknown = sorted(expr.names - set(params) - set(columns))
+        if unknown:
+            raise InputError(f"unknown name(s) in the model: {', '.join(unknown)} "
+                             f"(parameters: {', '.join(params) or 'none'}; "
+                             f"data columns: {', '.join(columns) or 'none'})")
+        unused = sorted(set(params) - expr.names)
+        if unused:
+            raise InputError(f"parameter(s) not in the model: {', '.join(unused)}")
+        n = next(iter(columns.values())).size if columns else None
+
+        columns64 = {k: np.asarray(v, dtype=float) for k, v in columns.items()}
+
+        def evaluate(v: np.ndarray, cols: dict[str, np.ndarray]) -> np.ndarray:
+            out = np.asarray(expr({**cols, **fixed, **dict(zip(names, v, strict=True))}))
+            return np.broadcast_to(out, (n,)) if n is not None and out.ndim == 0 else out
+
+        def predict(v: np.ndarray) -> np.ndarray:
+            return evaluate(v, columns)
+
+        def predict64(v: np.ndarray) -> np.ndarray:
+            return evaluate(v, columns64)
+
+        return predict, _complex_step(predict64, len(names)), expr.text
+    if not callable(model):
+        raise InputError("the model must be an expression string or a callable f(x, **params)")
+    signature = inspect.signature(model)
+    missing = [nm for nm in params if nm not in signature.parameters]
+    if missing and not any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values()):
+        raise InputError(f"parameter(s) {', '.join(missing)} are not arguments of {model.__name__}()")
+    xs = x if x is not None else (columns if columns else None)
+
+    def predict_callable(v: np.ndarray) -> np.ndarray:
+        return np.asarray(model(xs, **{**fixed, **dict(zip(names, v, strict=True))}), dtype=float)
+
+    return predict_callable, _central_difference(predict_callable), getattr(model, "__name__", "model")
+
+
+def _complex_step(predict: Callable[[np.ndarray], np.ndarray], p: int) -> Callable:
+    """Jacobian by the complex step: exact to rounding, no subtraction error, no step to tune."""
+
+    def jacobian(v: np.ndarray) -> np.ndarray:
+        cols = []
+        for j in range(p):
+            h = 1e-30 * max(1.0, abs(float(v[j])))
+            vc = np.asarray(v, dtype=complex)
+            vc[j] += 1j * h
+            cols.append(np.imag(predict(vc)) / h)
+        return np.column_stack(cols)
+
+    return jacobian
+
+
+def _central_difference(predict: Callable[[np.ndarray], np.ndarray]) -> Callable:
+    def jacobian(v: np.ndarray) -> np.ndarray:
+        cols = []
+        for j in range(v.size):
+            h = np.cbrt(np.finfo(float).eps) * max(1.0, abs(float(v[j])))
+            up, down = v.copy(), v.copy()
+            up[j] += h
+            down[j] -= h
+            cols.append((predict(up) - predict(down)) / (2 * h))
+        return np.column_stack(cols)
+
+    return jacobian
+
+
+def fit_nist(problem: Any, start: int = 1, **options: Any) -> FitResult:
+    """Fit a :class:`~refinekit.fit.io.NistProblem` from its start 1 or 2, fitting every point."""
+    data = dict(problem.data)
+    y = data.pop("y")
+    if problem.response == "log(y)":
+        y = np.log(y)
+    options.setdefault("free_fraction", 0.0)
+    return fit(problem.model, problem.starts[start - 1], data, y, **options)
+
+
+def parameter_names(expression: str, columns: Sequence[str]) -> list[str]:
+    """Names in ``expression`` that are not data columns: the parameters it needs."""
+    return sorted(Expression(expression).names - set(columns))
