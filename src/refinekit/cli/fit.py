@@ -1,0 +1,109 @@
+"""``refinekit fit DATA.csv --model EXPR --param NAME=VALUE ...``"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from .common import ProgressBar, check_outputs, emit, exit_code, handle_errors
+
+
+@handle_errors
+def fit_command(
+    data: Path = typer.Argument(..., help="CSV file with a header row."),
+    model: str = typer.Option(..., "--model", "-m", help="Model expression, e.g. 'b1*(1-exp(-b2*x))'."),
+    param: list[str] = typer.Option(
+        [], "--param", "-p",
+        help="NAME=VALUE[,min=LO][,max=HI][,fixed][,prior=MEAN:SIGMA]; one per parameter.",
+    ),
+    y: str = typer.Option("y", "--y", help="Name of the response column."),
+    sigma: str | None = typer.Option(None, "--sigma", help="Column of per-point uncertainties."),
+    free_fraction: float = typer.Option(0.05, "--free-fraction", help="Fraction held out as the free set; 0 fits all."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the free-set pick."),
+    free_flags: Path | None = typer.Option(
+        None, "--free-flags",
+        help="Free-flag file: loaded if it exists (never re-picked), otherwise made and written there.",
+    ),
+    prior_weight: float = typer.Option(1.0, "--prior-weight", help="Weight of the priors beside the data."),
+    precision: str = typer.Option("double", "--precision", help="Residual precision: double or extended."),
+    max_cycles: int = typer.Option(20000, "--max-cycles", help="At most this many corrections."),
+    plot: Path | None = typer.Option(None, "--plot", help="Write the work/free convergence plot (PNG)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON to stdout."),
+) -> None:
+    """Fit a parametric model to DATA.csv by damped least squares, with a free set held out."""
+    from ..core import FreeFlags, InputError
+    from ..fit import fit, parse_param_spec, read_csv
+    from ..fit.api import parameter_names
+    from ..fit.parameters import Parameters
+
+    check_outputs([plot, free_flags if free_flags and not free_flags.exists() else None], [data])
+    if plot is not None and plot.suffix.lower() != ".png":
+        raise InputError("the plot must be a .png file", path=plot)
+    if not 0 <= free_fraction < 1:
+        raise InputError(f"--free-fraction must be in [0, 1), got {free_fraction}")
+    columns = read_csv(data)
+    if y not in columns:
+        raise InputError(f"no response column {y!r} (columns: {', '.join(columns)}); name it with --y",
+                         path=data)
+    if sigma is not None and sigma not in columns:
+        raise InputError(f"no sigma column {sigma!r} (columns: {', '.join(columns)})", path=data)
+
+    specs = [parse_param_spec(s) for s in param]
+    params = Parameters({p.name: p for p in specs})
+    if len(params) != len(specs):
+        raise InputError("a parameter is given twice with --param")
+    variables = [c for c in columns if c not in (y, sigma)]
+    needed = parameter_names(model, variables + [y])
+    if y in needed or y in _names(model):
+        raise InputError(f"the model names the response column {y!r}")
+    missing = [n for n in needed if n not in params]
+    if missing:
+        raise InputError(f"no starting value for parameter(s) {', '.join(missing)}: add --param NAME=VALUE "
+                         f"(data columns: {', '.join(variables)})")
+    clash = [n for n in params if n in columns]
+    if clash:
+        raise InputError(f"--param names data column(s) {', '.join(clash)}")
+
+    flags = None
+    flags_source = None
+    if free_flags is not None and free_flags.exists():
+        flags = FreeFlags.load(free_flags, n=len(columns[y]))
+        flags_source = "loaded"
+    elif free_flags is not None and free_fraction == 0:
+        raise InputError("--free-flags needs a free set to write: --free-fraction is 0")
+
+    y_values = columns.pop(y)
+    sigma_values = columns.pop(sigma) if sigma is not None else None
+    data_columns = {k: v for k, v in columns.items() if k in _names(model)}
+    result = fit(
+        model, params, data_columns, y_values, sigma=sigma_values, free_fraction=free_fraction,
+        seed=seed, free_flags=flags, prior_weight=prior_weight, precision=precision,
+        max_cycles=max_cycles, callbacks=[ProgressBar("fitting")],
+    )
+    if free_flags is not None and flags_source is None and result.free_flags is not None:
+        result.free_flags.save(free_flags)
+        flags_source = "made"
+    if plot is not None:
+        import matplotlib.pyplot as plt
+
+        ax = result.plot(title=f"{data.name}: {result.status.label}")
+        ax.figure.savefig(str(plot) + ".tmp.png", dpi=120)
+        plt.close(ax.figure)
+        Path(str(plot) + ".tmp.png").replace(plot)
+    payload = result.to_dict()
+    if result.free_flags is not None:
+        payload["free_set"] = {"n_free": result.nfree, "fraction": result.free_flags.free_fraction,
+                               "seed": None if flags_source == "loaded" else seed,
+                               "source": flags_source or "made", "path": str(free_flags) if free_flags else None}
+    text = result.report()
+    if flags_source:
+        text += f"\nfree flags  : {flags_source} {free_flags}"
+    emit(payload, text, as_json)
+    raise typer.Exit(exit_code(result))
+
+
+def _names(expression: str) -> set[str]:
+    from ..fit import Expression
+
+    return Expression(expression).names

@@ -1,0 +1,5 @@
+"""The demo's self-contained HTML report: one section per domain, figures embedded."""
+
+from .html import Section, figure_to_html, render_report, table_html
+
+__all__ = ["Section", "figure_to_html", "render_report", "table_html"]
