@@ -30,7 +30,8 @@ def demo_command(
 
     unknown = sorted(set(only) - set(DEMOS))
     if unknown:
-        raise InputError(f"unknown application(s) for --only: {', '.join(unknown)} (known: {', '.join(DEMOS)})")
+        raise InputError(f"unknown application(s) for --only: {', '.join(unknown)} "
+                         f"(known: {', '.join(DEMOS)})")
     if out.exists() and not out.is_dir():
         raise InputError("exists and is not a folder", path=out)
     out.mkdir(parents=True, exist_ok=True)

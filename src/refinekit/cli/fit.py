@@ -19,7 +19,8 @@ def fit_command(
     ),
     y: str = typer.Option("y", "--y", help="Name of the response column."),
     sigma: str | None = typer.Option(None, "--sigma", help="Column of per-point uncertainties."),
-    free_fraction: float = typer.Option(0.05, "--free-fraction", help="Fraction held out as the free set; 0 fits all."),
+    free_fraction: float = typer.Option(
+        0.05, "--free-fraction", help="Fraction held out as the free set; 0 fits all."),
     seed: int = typer.Option(0, "--seed", help="Seed of the free-set pick."),
     free_flags: Path | None = typer.Option(
         None, "--free-flags",
@@ -54,7 +55,7 @@ def fit_command(
     if len(params) != len(specs):
         raise InputError("a parameter is given twice with --param")
     variables = [c for c in columns if c not in (y, sigma)]
-    needed = parameter_names(model, variables + [y])
+    needed = parameter_names(model, [*variables, y])
     if y in needed or y in _names(model):
         raise InputError(f"the model names the response column {y!r}")
     missing = [n for n in needed if n not in params]
@@ -95,7 +96,8 @@ def fit_command(
     if result.free_flags is not None:
         payload["free_set"] = {"n_free": result.nfree, "fraction": result.free_flags.free_fraction,
                                "seed": None if flags_source == "loaded" else seed,
-                               "source": flags_source or "made", "path": str(free_flags) if free_flags else None}
+                               "source": flags_source or "made",
+                               "path": str(free_flags) if free_flags else None}
     text = result.report()
     if flags_source:
         text += f"\nfree flags  : {flags_source} {free_flags}"

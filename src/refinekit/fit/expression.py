@@ -40,7 +40,7 @@ MAX_LENGTH = 10_000
 
 _BINARY = {
     ast.Add: np.add, ast.Sub: np.subtract, ast.Mult: np.multiply, ast.Div: np.divide,
-    ast.Pow: np.power, ast.BitXor: np.power,
+    ast.Pow: np.power,
 }
 
 
@@ -61,7 +61,8 @@ class Expression:
             raise InputError(f"the model expression is longer than {MAX_LENGTH} characters")
         self.text = text.strip()
         try:
-            tree = ast.parse(self.text, mode="eval")
+            # "^" means power, with power's precedence (Python would read it as xor, below "*")
+            tree = ast.parse(self.text.replace("^", "**"), mode="eval")
         except SyntaxError as exc:
             raise InputError(f"model expression does not parse: {exc.msg} at column {exc.offset} "
                              f"in {self.text!r}") from None

@@ -24,7 +24,8 @@ class Prior:
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.mean) and math.isfinite(self.sigma) and self.sigma > 0):
-            raise InputError(f"a prior needs a finite mean and a positive sigma, got {self.mean}:{self.sigma}")
+            raise InputError(
+                f"a prior needs a finite mean and a positive sigma, got {self.mean}:{self.sigma}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,8 +126,9 @@ class Parameters(Mapping[str, Parameter]):
 def parse_param_spec(spec: str) -> Parameter:
     """Parse the CLI's ``NAME=VALUE[,min=LO][,max=HI][,fixed][,prior=MEAN:SIGMA]``.
 
-    >>> parse_param_spec("b2=1e-4,min=0,prior=1e-4:1e-5")
-    Parameter(name='b2', value=0.0001, min=0.0, max=inf, vary=True, prior=Prior(mean=0.0001, sigma=1e-05), stderr=None)
+    >>> p = parse_param_spec("b2=1e-4,min=0,prior=1e-4:1e-5")
+    >>> p.name, p.value, p.min, p.max, p.vary, p.prior
+    ('b2', 0.0001, 0.0, inf, True, Prior(mean=0.0001, sigma=1e-05))
     """
     head, *options = [s.strip() for s in spec.split(",")]
     if "=" not in head:

@@ -172,7 +172,8 @@ class CurveFitProblem(RefinementProblem):
             trial = np.clip(x + step, self.lower, self.upper)
             step = np.asarray(trial - x, dtype=float)
             r_trial = self._residual(trial)
-            cost_trial = float(r_trial @ r_trial) if np.all(np.isfinite(r_trial)) else math.inf
+            with np.errstate(over="ignore"):  # a wild trial step may overflow: it is then rejected
+                cost_trial = float(r_trial @ r_trial) if np.all(np.isfinite(r_trial)) else math.inf
             linear = r + jac @ step
             predicted = cost - float(linear @ linear)
             actual = cost - cost_trial
@@ -212,7 +213,7 @@ class CurveFitProblem(RefinementProblem):
         jac = self._stack_jacobian(x)
         if not np.all(np.isfinite(jac)):
             return np.full((x.size, x.size), np.nan)
-        u, s, vt = np.linalg.svd(jac, full_matrices=False)
+        _, s, vt = np.linalg.svd(jac, full_matrices=False)
         tol = s.max(initial=0.0) * max(jac.shape) * np.finfo(float).eps
         if s.size == 0 or np.any(s <= tol):
             return np.full((x.size, x.size), np.nan)
