@@ -31,6 +31,9 @@ def plot_history(result: Any, ax: Any = None, *, log: bool | None = None,
     for alarm in result.alarms:
         if alarm.cycle is not None:
             ax.axvline(alarm.cycle, color="tab:orange", lw=2, alpha=0.7, label=f"{alarm.kind} alarm")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel(xlabel)
     ax.set_ylabel("score (lower is better)")
     ax.set_title(title or f"{result.status.label}: {result.n_cycles} cycles")

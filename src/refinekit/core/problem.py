@@ -111,9 +111,15 @@ class RefinementProblem:
 
 def relative_norm(step: Any, model: Any) -> float:
     """``||step||_2 / ||model||_2``, or ``||step||_2`` where the model is zero."""
-    step_norm = float(np.linalg.norm(np.ravel(step)))
-    model_norm = float(np.linalg.norm(np.ravel(model)))
+    step_norm, model_norm = _norm(step), _norm(model)
     return step_norm / model_norm if model_norm > 0 else step_norm
+
+
+def _norm(a: Any) -> float:
+    a = np.asarray(a).ravel()
+    if a.dtype.kind == "f":  # what np.linalg.norm does, without its generality (this runs every cycle)
+        return math.sqrt(float(a.dot(a)))
+    return float(np.linalg.norm(a))
 
 
 def evaluate_restraints(restraints: Sequence[Restraint], model: Any) -> tuple[float, dict[str, float]]:
