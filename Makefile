@@ -31,6 +31,7 @@ test: $(STAMP_TEST)
 	$(BIN)/python -m pytest -q
 
 benchmarks: $(STAMP_TEST)
+	$(BIN)/python -m pip install --quiet -e ".[bench]"
 	$(BIN)/python benchmarks/engine_overhead.py
 	$(BIN)/python benchmarks/nist_strd.py
 

@@ -165,3 +165,19 @@ def test_parameter_specs(spec, match):
     p = parse_param_spec("b1=500,min=0,max=1000")
     assert (p.value, p.min, p.max, p.vary) == (500, 0, 1000, True)
     assert not parse_param_spec("b1=1,fixed").vary
+
+
+def test_prior_weight_chosen_by_the_free_score_trusts_a_right_prior_and_not_a_wrong_one():
+    rng = np.random.default_rng(11)
+    x = np.linspace(0, 3, 24)
+    y = 2.0 * np.exp(-1.3 * x) + rng.normal(0, 0.15, x.size)
+    weights = {}
+    for label, mean in (("right", 1.3), ("wrong", 4.0)):
+        params = Parameters().add("a", 1.0).add("k", 1.0, prior=(mean, 0.05))
+        res = fit("a*exp(-k*x)", params, {"x": x}, y, free_fraction=0.25, seed=1, prior_weight="auto")
+        choice = res.figures["weight_choice"]
+        frees = [t["free"] for t in choice["trials"]]
+        assert min(frees) == next(t["free"] for t in choice["trials"] if t["weight"] == choice["weight"])
+        weights[label] = res.figures["prior_weight"]
+    assert weights["right"] > 100 * weights["wrong"]
+    assert weights["wrong"] < 0.1

@@ -26,7 +26,9 @@ def fit_command(
         None, "--free-flags",
         help="Free-flag file: loaded if it exists (never re-picked), otherwise made and written there.",
     ),
-    prior_weight: float = typer.Option(1.0, "--prior-weight", help="Weight of the priors beside the data."),
+    prior_weight: str = typer.Option(
+        "1", "--prior-weight",
+        help="Weight of the priors beside the data, or 'auto' (chosen by the free score)."),
     precision: str = typer.Option("double", "--precision", help="Residual precision: double or extended."),
     max_cycles: int = typer.Option(20000, "--max-cycles", help="At most this many corrections."),
     plot: Path | None = typer.Option(None, "--plot", help="Write the work/free convergence plot (PNG)."),
@@ -66,6 +68,11 @@ def fit_command(
     if clash:
         raise InputError(f"--param names data column(s) {', '.join(clash)}")
 
+    if prior_weight != "auto":
+        try:
+            prior_weight = float(prior_weight)
+        except ValueError:
+            raise InputError(f"--prior-weight must be a number or 'auto', got {prior_weight!r}") from None
     flags = None
     flags_source = None
     if free_flags is not None and free_flags.exists():
@@ -99,6 +106,8 @@ def fit_command(
                                "source": flags_source or "made",
                                "path": str(free_flags) if free_flags else None}
     text = result.report()
+    if "weight_choice" in result.figures:
+        text += f"\nprior weight: {result.figures['weight_choice']['message']}"
     if flags_source:
         text += f"\nfree flags  : {flags_source} {free_flags}"
     emit(payload, text, as_json)

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from ..core import FreeFlags, HoldOut, InputError, RefinementResult, Refiner
+from ..core import FreeFlags, HoldOut, InputError, RefinementResult, Refiner, choose_weight
 from ..core.result import _fmt
 from .expression import Expression
 from .parameters import Parameters
@@ -79,7 +79,7 @@ def fit(
     free_fraction: float = 0.05,
     seed: int | None = 0,
     free_flags: FreeFlags | None = None,
-    prior_weight: float = 1.0,
+    prior_weight: float | str = 1.0,
     precision: str = "double",
     geodesic: bool = False,
     initial_damping: float = 1e-3,
@@ -97,6 +97,10 @@ def fit(
     ``data``; by default the column ``"y"``). ``sigma`` gives per-point uncertainties (weights
     ``1/sigma**2``). ``free_fraction`` of the points (default 5 %, seeded) never guide a correction and
     give the free score; ``free_fraction=0`` fits every point. ``free_flags`` reuses a saved free set.
+
+    ``prior_weight`` weighs the priors against the data; ``"auto"`` chooses it by the free score
+    (:func:`refinekit.core.choose_weight`: a scan of short fits over 1e-4..1e4, then a golden-section
+    search), reported as ``weight_choice``.
 
     ``precision="extended"`` computes the model and the residuals in long double (the corrections
     stay in double): for zero-residual problems whose sum of squares is below double's resolution.
@@ -160,12 +164,25 @@ def fit(
     lower, upper = params.bounds()
     resume_from = refine_options.pop("resume_from", None)
 
-    def run(damping: float) -> tuple[RefinementResult, CurveFitProblem]:
-        problem = CurveFitProblem(
+    def make_problem(damping: float, weight: float) -> CurveFitProblem:
+        return CurveFitProblem(
             predict, jacobian, y_arr, params.vector(), sigma=sigma_arr, work=work, free=free,
-            lower=lower, upper=upper, priors=priors, prior_weight=prior_weight, geodesic=geodesic,
+            lower=lower, upper=upper, priors=priors, prior_weight=weight, geodesic=geodesic,
             ftol=ftol, gtol=gtol, initial_damping=damping,
         )
+
+    weight_choice = None
+    if prior_weight == "auto":
+        if priors is None or free is None:
+            raise InputError("prior_weight='auto' needs at least one prior and a free set")
+        weight_choice = choose_weight(lambda w: make_problem(initial_damping, w), bounds=(1e-4, 1e4),
+                                      max_cycles=min(max_cycles, 200), xtol=xtol)
+        prior_weight = weight_choice.weight
+    elif isinstance(prior_weight, str) or not prior_weight >= 0:
+        raise InputError(f"prior_weight must be a non-negative number or 'auto', got {prior_weight!r}")
+
+    def run(damping: float) -> tuple[RefinementResult, CurveFitProblem]:
+        problem = make_problem(damping, float(prior_weight))
         if not math.isfinite(problem.check(problem.x0).work):
             raise InputError("the model is not finite at the starting values: choose other starting values")
         refiner = Refiner(problem, max_cycles=max_cycles, xtol=xtol, **refine_options)
@@ -183,6 +200,10 @@ def fit(
         result.message += (f" (restart {attempt}: the first run stopped where a parameter was not "
                            f"determined; restarted with initial damping {initial_damping * 1e3**attempt:g})")
     result.figures["restarts"] = len(runs) - 1
+    if priors is not None:
+        result.figures["prior_weight"] = float(prior_weight)
+    if weight_choice is not None:
+        result.figures["weight_choice"] = weight_choice.to_dict()
     covar = problem.covariance(result.x) if result.usable else None
     stderr = np.sqrt(np.diag(covar)) if covar is not None else None
     fitted = params.updated(np.asarray(result.x, dtype=float), stderr)
