@@ -189,7 +189,7 @@ def test_json_contract():
 def test_report_and_plot():
     result = refine(Scripted([3.0, 2.0, 1.5, 1.4], free=[3.2, 2.4, 2.0, 2.1]), max_cycles=3, xtol=0)
     text = result.report(full=True)
-    assert "max_cycles" in text and "best cycle  : 2" in text and "2*" in text
+    assert "max_cycles" in text and "kept cycle  : 3 (lowest free score at cycle 2)" in text and "3*" in text
     ax = result.plot()
     labels = [line.get_label() for line in ax.get_lines()]
     assert "work" in labels and "free" in labels and any("kept" in lbl for lbl in labels)

@@ -123,7 +123,7 @@ FREE = [1.1, 0.9, 0.7, 0.72, 0.75, 0.80, 0.85, 0.9, 0.95]
 def test_engine_stops_on_overfitting_and_restores_the_best_model():
     result = refine(Trajectory(WORK, FREE), max_cycles=8, xtol=0)
     assert result.status is Status.OVERFITTING and result.success
-    assert result.best_cycle == 2 and result.x[0] == 2.0 and result.x_last[0] == 5.0
+    assert result.best_cycle == result.kept_cycle == 2 and result.x[0] == 2.0 and result.x_last[0] == 5.0
     assert [(a.kind, a.cycle) for a in result.alarms] == [("overfitting", 5)]
     assert "kept the model of cycle 2" in result.message
     assert result.to_dict()["free"] == 0.7
@@ -134,4 +134,12 @@ def test_engine_can_record_the_alarm_and_go_on():
     assert result.status is Status.MAX_CYCLES and result.n_cycles == 8
     assert [a.cycle for a in result.alarms] == [5] and result.x[0] == 2.0
     last = refine(Trajectory(WORK, FREE), max_cycles=8, xtol=0, stop_on_overfit=False, restore_best=False)
-    assert last.x[0] == 8.0 and last.best_cycle == 8
+    assert last.x[0] == 8.0 and last.kept_cycle == 8 and last.best_cycle == 2
+
+
+def test_a_converged_run_without_alarm_returns_its_last_model_even_if_free_wobbles():
+    work = [1.0, 0.5, 0.3, 0.29, 0.289]
+    free = [1.1, 0.6, 0.4, 0.39, 0.3901]  # the last free score is a hair above the best
+    result = refine(Trajectory(work, free), max_cycles=4, xtol=0)
+    assert not result.alarms and result.best_cycle == 3
+    assert result.kept_cycle == 4 and result.x[0] == 4.0 and result.to_dict()["free"] == 0.3901

@@ -27,7 +27,7 @@ def plot_history(result: Any, ax: Any = None, *, log: bool | None = None,
         log = bool(positive) and max(positive) / min(positive) > 100
     if log:
         ax.set_yscale("log")
-    ax.axvline(result.best_cycle, color="0.4", ls="--", lw=1, label=f"kept (cycle {result.best_cycle})")
+    ax.axvline(result.kept_cycle, color="0.4", ls="--", lw=1, label=f"kept (cycle {result.kept_cycle})")
     for alarm in result.alarms:
         if alarm.cycle is not None:
             ax.axvline(alarm.cycle, color="tab:orange", lw=2, alpha=0.7, label=f"{alarm.kind} alarm")

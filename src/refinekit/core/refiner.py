@@ -44,7 +44,8 @@ class Refiner:
     stop_on_overfit:
         End the run when the alarm fires (status ``overfitting``); otherwise only record it.
     restore_best:
-        Return the best model by free score (by work score without a free set) rather than the last.
+        Where the overfitting alarm fired, or the run diverged or broke down, return the best model
+        by free score (by work score without a free set) rather than the last.
     callbacks:
         :class:`~refinekit.core.callbacks.Callback` objects or functions ``f(record)``; a true
         return value (or ``StopIteration``) stops the run.
@@ -183,14 +184,15 @@ class Refiner:
         best_cycle = self.monitor.best_cycle
         if best_cycle is None:  # not even the starting model was finite
             best_cycle, best_x = len(history) - 1, x
-        returned = best_x if self.restore_best else x
-        if not self.restore_best:
-            best_cycle = len(history) - 1
-        if status is Status.OVERFITTING and self.restore_best:
-            message += f"; kept the model of cycle {best_cycle}"
+        # Keep the best model where the free set says the later ones are worse (the alarm) or where the
+        # run broke down; otherwise the last model, which is what the loop converged to.
+        restore = self.restore_best and (bool(alarms) or not status.usable)
+        kept_cycle, returned = (best_cycle, best_x) if restore else (len(history) - 1, x)
+        if restore and kept_cycle != len(history) - 1:
+            message += f"; kept the model of cycle {kept_cycle}"
         result = RefinementResult(
             x=returned, status=status, message=message, n_cycles=cycle, history=history,
-            best_cycle=best_cycle, alarms=alarms, x_last=x,
+            best_cycle=best_cycle, kept_cycle=kept_cycle, alarms=alarms, x_last=x,
         )
         for cb in self.callbacks:
             cb.on_end(result)

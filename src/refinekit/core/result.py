@@ -1,7 +1,7 @@
 """What a refinement returns: per-cycle records, alarms and one result object.
 
 The JSON form (:meth:`RefinementResult.to_dict`) is a contract other tools rely on: top-level
-``status``, ``success``, ``message``, ``n_cycles``, ``best_cycle``, ``alarms`` (``kind``, ``cycle``,
+``status``, ``success``, ``message``, ``n_cycles``, ``best_cycle``, ``kept_cycle``, ``alarms`` (``kind``, ``cycle``,
 ``message``), ``history`` (one record per cycle with ``work``, ``free``, ``step``, ``time`` and the
 domain's figures) and the domain's final figures at top level.
 """
@@ -63,9 +63,10 @@ class Alarm:
 class RefinementResult:
     """The outcome of :func:`refinekit.core.refine`, with the names scipy users know.
 
-    ``x`` is the returned model: the best by free score where there is a free set and keep-best is on
-    (``best_cycle`` says which), otherwise the last one. ``x_last`` is always the last model reached.
-    ``figures`` holds the returned model's domain figures; a domain may add to it.
+    ``best_cycle`` is the cycle with the lowest free score (work score without a free set). ``x`` is
+    the returned model, that of ``kept_cycle``: the best cycle where the overfitting alarm fired or the
+    run broke down (and keep-best is on), otherwise the last cycle. ``x_last`` is always the last model
+    reached. ``figures`` holds extra domain figures of the returned model; a domain may add to it.
     """
 
     x: Any
@@ -74,9 +75,14 @@ class RefinementResult:
     n_cycles: int
     history: list[CycleRecord]
     best_cycle: int
+    kept_cycle: int = -1
     alarms: list[Alarm] = field(default_factory=list)
     x_last: Any = None
     figures: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.kept_cycle < 0:
+            self.kept_cycle = len(self.history) - 1 if self.history else 0
 
     @property
     def success(self) -> bool:
@@ -93,7 +99,13 @@ class RefinementResult:
 
     @property
     def best(self) -> CycleRecord:
+        """The record with the lowest free score."""
         return self.history[self.best_cycle]
+
+    @property
+    def kept(self) -> CycleRecord:
+        """The record of the returned model ``x``."""
+        return self.history[self.kept_cycle]
 
     @property
     def last(self) -> CycleRecord:
@@ -101,18 +113,19 @@ class RefinementResult:
 
     # ------------------------------------------------------------------ output
     def to_dict(self) -> dict[str, Any]:
-        best = self.best
+        kept = self.kept
         out: dict[str, Any] = {
             "status": self.status.label,
             "success": self.success,
             "message": self.message,
             "n_cycles": self.n_cycles,
             "best_cycle": self.best_cycle,
-            "work": best.work,
-            "free": best.free,
+            "kept_cycle": self.kept_cycle,
+            "work": kept.work,
+            "free": kept.free,
             "alarms": [a.to_dict() for a in self.alarms],
         }
-        out.update(best.figures)
+        out.update(kept.figures)
         out.update(self.figures)
         out["history"] = [r.to_dict() for r in self.history]
         return out
@@ -124,16 +137,16 @@ class RefinementResult:
 
     def report(self, full: bool = False) -> str:
         """A brief text report (Ceres' BriefReport); ``full=True`` adds the per-cycle table."""
-        best = self.best
+        kept = self.kept
         lines = [
             f"status      : {self.status.label} ({'success' if self.success else 'no success'})",
             f"message     : {self.message}",
             f"cycles      : {self.n_cycles}",
-            f"best cycle  : {self.best_cycle}",
-            f"work score  : {_fmt(best.work)}",
-            f"free score  : {_fmt(best.free)}",
+            f"kept cycle  : {self.kept_cycle} (lowest free score at cycle {self.best_cycle})",
+            f"work score  : {_fmt(kept.work)}",
+            f"free score  : {_fmt(kept.free)}",
         ]
-        for key, value in {**best.figures, **self.figures}.items():
+        for key, value in {**kept.figures, **self.figures}.items():
             if isinstance(value, int | float | np.floating | np.integer):
                 lines.append(f"{key:<12}: {_fmt(value)}")
         for alarm in self.alarms:
@@ -141,7 +154,7 @@ class RefinementResult:
             lines.append(f"ALARM       : {alarm.kind}{where}: {alarm.message}")
         if full:
             lines.append("")
-            lines.append(history_table(self.history, self.best_cycle))
+            lines.append(history_table(self.history, self.kept_cycle))
         return "\n".join(lines)
 
     def plot(self, ax: Any = None, *, log: bool | None = None, title: str | None = None) -> Any:
@@ -151,14 +164,14 @@ class RefinementResult:
         return plot_history(self, ax=ax, log=log, title=title)
 
 
-def history_table(history: list[CycleRecord], best_cycle: int | None = None) -> str:
+def history_table(history: list[CycleRecord], kept_cycle: int | None = None) -> str:
     keys: list[str] = []
     for record in history:
         keys += [k for k in record.figures if k not in keys]
     header = ["cycle", "work", "free", "step", "time/s", "restraint", *keys]
     rows = [header]
     for r in history:
-        mark = "*" if r.cycle == best_cycle else " "
+        mark = "*" if r.cycle == kept_cycle else " "
         rows.append(
             [f"{r.cycle}{mark}", _fmt(r.work), _fmt(r.free), _fmt(r.step), f"{r.time:.3g}",
              _fmt(r.restraint), *(_fmt(r.figures.get(k)) for k in keys)]

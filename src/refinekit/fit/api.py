@@ -37,11 +37,11 @@ class FitResult(RefinementResult):
 
     @property
     def chisqr(self) -> float:
-        return float(self.best.figures["chisqr"])
+        return float(self.kept.figures["chisqr"])
 
     @property
     def redchi(self) -> float:
-        return float(self.best.figures["redchi"])
+        return float(self.kept.figures["redchi"])
 
     def to_dict(self) -> dict[str, Any]:
         out = super().to_dict()
@@ -192,7 +192,7 @@ def fit(
     for attempt in range(max(0, restarts) + 1):
         result, problem = run(initial_damping * 1e3**attempt)
         determined = result.usable and not problem.is_degenerate(result.x)
-        runs.append((not determined, not result.usable, result.best.work, attempt, result, problem))
+        runs.append((not determined, not result.usable, result.kept.work, attempt, result, problem))
         if determined or resume_from is not None:
             break
     *_, attempt, result, problem = min(runs, key=lambda r: r[:4])

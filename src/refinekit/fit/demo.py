@@ -104,7 +104,7 @@ def section(workdir: Path) -> Section:
         axes[2].plot(grid, Expression(polynomial(res_.nvarys - 1))({"x": grid, **values}), label=label)
     kept = dict(zip(flexible.params.varied, flexible.x, strict=True))
     axes[2].plot(grid, Expression(polynomial(12))({"x": grid, **kept}), "--",
-                 label=f"degree 12, kept cycle {flexible.best_cycle}")
+                 label=f"degree 12, kept cycle {flexible.kept_cycle}")
     free_mask = flexible.free_flags.free
     axes[2].plot(x[~free_mask], y[~free_mask], "k.", label="work points")
     axes[2].plot(x[free_mask], y[free_mask], "rs", mfc="none", label="free points")
@@ -115,7 +115,7 @@ def section(workdir: Path) -> Section:
     parts.append("<h3>The overfitting alarm</h3><p>A 13-parameter polynomial fitted to 40 noisy points "
                  "of a quadratic, 20 % of them free. " + (
                      f"The alarm fired at cycle {alarm.cycle}: {alarm.message}. The model of cycle "
-                     f"{flexible.best_cycle} is kept." if alarm else "The alarm did not fire.")
+                     f"{flexible.kept_cycle} is kept." if alarm else "The alarm did not fire.")
                  + f" The right-sized model (3 parameters) raised {len(right.alarms)} alarm(s) and "
                  f"{right.status.label} ({right.message}).</p>")
     parts.append(figure_to_html(fig, "overfitting alarm", width=940))
