@@ -1,9 +1,9 @@
 """What a refinement returns: per-cycle records, alarms and one result object.
 
 The JSON form (:meth:`RefinementResult.to_dict`) is a contract other tools rely on: top-level
-``status``, ``success``, ``message``, ``n_cycles``, ``best_cycle``, ``kept_cycle``, ``alarms`` (``kind``, ``cycle``,
-``message``), ``history`` (one record per cycle with ``work``, ``free``, ``step``, ``time`` and the
-domain's figures) and the domain's final figures at top level.
+``status``, ``success``, ``message``, ``n_cycles``, ``best_cycle``, ``kept_cycle``, ``alarms``
+(``kind``, ``cycle``, ``message``), ``history`` (one record per cycle with ``work``, ``free``,
+``step``, ``time`` and the domain's figures) and the domain's final figures at top level.
 """
 
 from __future__ import annotations
