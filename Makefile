@@ -11,16 +11,16 @@ DEMO_OUT ?= demo-output
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install -qq --upgrade pip
 
 $(STAMP_ALL): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e ".[all]"
+	$(BIN)/python -m pip install -qq -e ".[all]"
 	touch $@
 
 # torch is pinned here, not in pyproject: 2.13.0 is the CPU build these machines have on disk.
 $(STAMP_TEST): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet "torch==2.13.0"
-	$(BIN)/python -m pip install --quiet -e ".[all,test]"
+	$(BIN)/python -m pip install -qq "torch==2.13.0"
+	$(BIN)/python -m pip install -qq -e ".[all,test]"
 	touch $@ $(STAMP_ALL)
 
 demo: $(STAMP_ALL)
@@ -31,7 +31,7 @@ test: $(STAMP_TEST)
 	$(BIN)/python -m pytest -q
 
 benchmarks: $(STAMP_TEST)
-	$(BIN)/python -m pip install --quiet -e ".[bench]"
+	$(BIN)/python -m pip install -qq -e ".[bench]"
 	$(BIN)/python benchmarks/engine_overhead.py
 	$(BIN)/python benchmarks/nist_strd.py
 

@@ -16,14 +16,14 @@ import os
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-import argparse  # noqa: E402
-import platform  # noqa: E402
-import statistics  # noqa: E402
-import time  # noqa: E402
+import argparse
+import platform
+import statistics
+import time
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from refinekit.core import HoldOut, RefinementProblem, Refiner, Scores  # noqa: E402
+from refinekit.core import HoldOut, RefinementProblem, Refiner, Scores
 
 
 class Richardson(RefinementProblem):

@@ -143,3 +143,11 @@ def test_a_converged_run_without_alarm_returns_its_last_model_even_if_free_wobbl
     result = refine(Trajectory(work, free), max_cycles=4, xtol=0)
     assert not result.alarms and result.best_cycle == 3
     assert result.kept_cycle == 4 and result.x[0] == 4.0 and result.to_dict()["free"] == 0.3901
+
+
+def test_monitor_stays_silent_while_the_free_score_is_below_the_work_score():
+    # a right-sized model on its way to the minimum: the free score wobbles but never exceeds the work score
+    monitor = OverfitMonitor(patience=3)
+    work = [1.06, 0.46, 0.0166, 0.0160, 0.0157, 0.0154]
+    free = [1.07, 0.48, 0.0142, 0.0147, 0.0151, 0.0153]
+    assert not any(monitor.update(k, w, f) for k, (w, f) in enumerate(zip(work, free, strict=True)))

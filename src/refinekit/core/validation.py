@@ -189,8 +189,13 @@ class OverfitMonitor:
 
     The best cycle is the one with the lowest free score (the lowest work score where there is no
     free score). The alarm fires once, when the free score has not improved on its best for
-    ``patience`` cycles, stands more than ``max(min_delta, rel_delta * |best|)`` above it, and the
-    work score has meanwhile fallen below its value at the best cycle: the model is fitting noise.
+    ``patience`` cycles, stands more than ``max(min_delta, rel_delta * |best|)`` above it, the work
+    score has meanwhile fallen below its value at the best cycle, and the free score is now worse than
+    the work score: the model fits the data it saw better than the data it did not, and more so than
+    before. Work and free scores must be the same measure on different data (as R_work and R_free).
+
+    The last condition keeps the alarm quiet on a right-sized model still on its way to the minimum,
+    whose free score can wobble by chance while it stays below the work score.
     """
 
     def __init__(self, patience: int = 3, min_delta: float = 0.0, rel_delta: float = 1e-3) -> None:
@@ -225,6 +230,7 @@ class OverfitMonitor:
             and self.wait >= self.patience
             and free > self.best_score + self._threshold()
             and work < self.best_work
+            and free > work
         ):
             self.alarm = Alarm(
                 "overfitting",
