@@ -21,11 +21,12 @@ def invoke(*args: str):
 
 
 @pytest.fixture()
-def misra(tmp_path, shared_data) -> Path:
-    """NIST's Misra1a as a CSV file (y, x)."""
+def misra(tmp_path) -> Path:
+    """NIST's Misra1a (bundled with refinekit) as a CSV file (y, x)."""
     from refinekit.fit import read_nist
+    from refinekit.fit.demo import nist_directory
 
-    problem = read_nist(shared_data / "fit" / "nist-strd" / "Misra1a.dat")
+    problem = read_nist(nist_directory() / "Misra1a.dat")
     path = tmp_path / "misra1a.csv"
     rows = ["y,x"] + [f"{y!r},{x!r}" for y, x in zip(problem.data["y"].astype(float).tolist(),
                                                       problem.data["x"].astype(float).tolist(), strict=True)]

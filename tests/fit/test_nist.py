@@ -30,8 +30,11 @@ def lre(estimate: float | None, certified: float) -> float:
 
 
 @pytest.fixture(scope="module")
-def nist_dir(shared_data):
-    return shared_data / "fit" / "nist-strd"
+def nist_dir():
+    """The NIST files bundled with refinekit (byte-identical to ../shared/data/fit/nist-strd)."""
+    from refinekit.fit.demo import nist_directory
+
+    return nist_directory()
 
 
 @pytest.mark.parametrize("start", [1, 2])
@@ -65,3 +68,10 @@ def test_the_nist_reader(nist_dir):
     assert p.starts[0] == {"b1": 2.0, "b2": 0.0001, "b3": -0.01}
     r = read_nist(nist_dir / "Roszman1.dat")
     assert "arctan" in r.model and "pi" in r.model and r.certified_rss == pytest.approx(4.9484847331e-04)
+
+
+def test_the_bundled_files_are_the_shared_ones(nist_dir, shared_data):
+    shared = sorted((shared_data / "fit" / "nist-strd").glob("*.dat"))
+    assert len(shared) == 27
+    for path in shared:
+        assert (nist_dir / path.name).read_bytes() == path.read_bytes()
