@@ -1,0 +1,222 @@
+"""Iterative refinement of ``A x = b`` as one problem for the engine: check = residual, correct = solve.
+
+The model is ``x`` (``(n, k)``, float64). Every cycle the engine checks ``x``: the residual
+``r = b - A x`` in double precision and its normwise backward error (the work score, lower is better).
+The correction ``d`` solves ``A d = r`` approximately with a *corrector*: the low-precision LU factors
+(plain refinement, route ``"ir"``), flexible GMRES preconditioned by them (``"gmres-ir"``), or double
+LU factors (``"double"``, fixed-precision refinement). ``x + d`` is the next model.
+
+The engine's rules stop it: the relative correction ``max_j ||d_j||_inf / ||x_j||_inf`` at or below
+``tol`` (converged), a correction more than half the previous one (stagnated: refinement has reached
+its limiting accuracy, or does not contract), a backward error 1000 times its lowest (diverged), and a
+non-finite residual, correction or solution at any cycle.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from ..core import RefinementProblem, Scores, Status, StopRefinement
+from .gmres import fgmres
+from .precision import DOUBLE_EPS
+
+
+class LUCorrector:
+    """Corrections from LU factors of the scaled matrix: ``d = C M^-1 R r``."""
+
+    def __init__(self, system: Any, factors: Any, route: str) -> None:
+        self.system = system
+        self.factors = factors
+        self.route = route
+        self.inner_iterations = 0
+
+    def solve(self, r: np.ndarray) -> np.ndarray:
+        scaling = self.system.scaling
+        return scaling.from_scaled(self.factors.solve(scaling.to_scaled(r)))
+
+    def solve_transpose(self, v: np.ndarray) -> np.ndarray:
+        """``A^-T v`` through the factors (for the error bounds)."""
+        scaling = self.system.scaling
+        solved = self.factors.solve(scaling.transpose_to_scaled(v), transposed=True)
+        return scaling.transpose_from_scaled(solved)
+
+    def initial(self) -> np.ndarray:
+        return self.solve(self.system.b)
+
+    def correct(self, r: np.ndarray) -> np.ndarray:
+        return self.solve(r)
+
+
+class GmresCorrector:
+    """Corrections by flexible GMRES in double precision on the scaled system, right-preconditioned by
+    the low-precision LU factors; one GMRES solve per right-hand side.
+
+    GMRES stops when the correction's residual is small enough for the corrected ``x`` to reach a
+    backward error near the unit roundoff. The route has a budget of GMRES iterations (by default
+    ``n / 50``, between 10 and 60: one iteration costs about two passes over ``A``, a double
+    factorization about ``n / 50`` to ``n / 15`` of them here), and GMRES gives up after
+    ``give_up_after`` iterations that show it would need more than what is left of the budget: then the
+    preconditioner is too poor for GMRES to pay, and the caller falls back to a double factorization
+    having lost little.
+    """
+
+    route = "gmres-ir"
+
+    def __init__(self, system: Any, factors: Any, *, max_inner: int | None = None, give_up_after: int = 8,
+                 inner_tol: float = 1e-10) -> None:
+        self.system = system
+        self.factors = factors
+        self.budget = int(max_inner) if max_inner is not None else min(60, max(10, system.n // 50))
+        self.give_up_after = int(give_up_after)
+        self.inner_tol = float(inner_tol)
+        self.inner_iterations = 0
+        self.total_inner_iterations = 0
+
+    def _scaled_matvec(self, v: np.ndarray) -> np.ndarray:
+        scaling = self.system.scaling
+        return scaling.to_scaled(self.system.matvec(scaling.from_scaled(v[:, None])))[:, 0]
+
+    def _precondition(self, v: np.ndarray) -> np.ndarray:
+        return self.factors.solve(v[:, None])[:, 0]
+
+    def solve(self, r: np.ndarray, tol: float | None = None, x: np.ndarray | None = None) -> np.ndarray:
+        scaling = self.system.scaling
+        system = self.system
+        rs = scaling.to_scaled(r)
+        n, k = rs.shape
+        out = np.zeros_like(rs)
+        self.inner_iterations = 0
+        for j in range(k):
+            left = self.budget - self.total_inner_iterations - self.inner_iterations
+            if tol is None and left <= 0:
+                raise StopRefinement(Status.STAGNATED, f"GMRES-IR used up its budget of {self.budget} GMRES "
+                                                       f"iterations")
+            column = np.ascontiguousarray(rs[:, j])
+            target = self.inner_tol if tol is None else tol
+            if tol is None and x is not None:
+                # enough when the corrected x would have a backward error near the unit roundoff
+                r_norm = float(np.max(np.abs(r[:, j])))
+                if r_norm > 0:
+                    x_norm = float(np.max(np.abs(x[:, j])))
+                    floor = DOUBLE_EPS * (system.norm_inf * x_norm + system.b_norm[j])
+                    target = min(0.5, max(target, floor / r_norm))
+            outcome = fgmres(self._scaled_matvec, self._precondition, column, tol=target,
+                             max_iter=min(left if tol is None else self.budget, n),
+                             new_basis=lambda m: np.zeros((m, n)),
+                             give_up_after=self.give_up_after if tol is None else None)
+            self.inner_iterations += outcome.iterations
+            if outcome.iterations == 0 and not outcome.converged:
+                raise StopRefinement(Status.NON_FINITE,
+                                     "GMRES-IR broke down: the preconditioned vector is not finite")
+            if outcome.gave_up:
+                self.total_inner_iterations += self.inner_iterations
+                raise StopRefinement(Status.STAGNATED, (
+                    f"GMRES-IR gave up after {outcome.iterations} GMRES iterations: relative residual "
+                    f"{outcome.relative_residual:.2g}, at a rate that would need more than the {left} left "
+                    f"of its budget"))
+            out[:, j] = outcome.x
+        self.total_inner_iterations += self.inner_iterations
+        return scaling.from_scaled(out)
+
+    def solve_transpose(self, v: np.ndarray, tol: float = 1e-3) -> np.ndarray:
+        """``A^-T v`` by GMRES on ``A_s^T`` preconditioned by the transposed factors (for the bounds)."""
+        scaling = self.system.scaling
+        system = self.system
+        vs = scaling.transpose_to_scaled(v)
+        n, k = vs.shape
+        out = np.zeros_like(vs)
+
+        def matvec(u: np.ndarray) -> np.ndarray:
+            product = system.rmatvec(scaling.transpose_from_scaled(u[:, None]))
+            return scaling.transpose_to_scaled(product)[:, 0]
+
+        def precondition(u: np.ndarray) -> np.ndarray:
+            return self.factors.solve(u[:, None], transposed=True)[:, 0]
+
+        for j in range(k):
+            outcome = fgmres(matvec, precondition, np.ascontiguousarray(vs[:, j]), tol=tol,
+                             max_iter=min(self.budget, n), new_basis=lambda m: np.zeros((m, n)))
+            out[:, j] = outcome.x
+        return scaling.transpose_from_scaled(out)
+
+    def correct(self, r: np.ndarray, x: np.ndarray | None = None) -> np.ndarray:
+        return self.solve(r, x=x)
+
+    def initial(self) -> np.ndarray:
+        return np.zeros_like(self.system.b)
+
+
+class IterativeRefinementProblem(RefinementProblem):
+    """``A x = b`` refined from ``x0`` (by default the corrector's own first solve) with ``corrector``.
+
+    Work score: the largest normwise backward error over the right-hand sides. Figures per cycle:
+    ``backward_error`` and ``inner_iterations`` (GMRES iterations spent on the correction that produced
+    this model; 0 for LU corrections).
+    """
+
+    def __init__(self, system: Any, corrector: Any, x0: np.ndarray | None = None) -> None:
+        self.system = system
+        self.corrector = corrector
+        self.x0 = x0
+        self._residual: np.ndarray | None = None
+        self._last_inner = 0
+        # the residual of the model with the lowest backward error: the engine returns that model,
+        # and its residual need not be computed again
+        self._best: tuple[float, np.ndarray, np.ndarray] | None = None
+
+    def initial(self) -> np.ndarray:
+        if self.x0 is not None:
+            return self.x0
+        x0 = self.corrector.initial()
+        self._last_inner = getattr(self.corrector, "inner_iterations", 0)
+        return x0
+
+    def check(self, x: np.ndarray) -> Scores:
+        from .systems import backward_errors
+
+        r = self.system.residual(x)
+        self._residual = r
+        eta = float(np.max(backward_errors(self.system, x, r))) if r.size else 0.0
+        if self._best is None or eta < self._best[0]:
+            self._best = (eta, x, r)
+        figures = {"backward_error": eta, "inner_iterations": float(self._last_inner)}
+        return Scores(work=eta if not math.isnan(eta) else math.inf, figures=figures)
+
+    def residual_of(self, x: np.ndarray) -> np.ndarray:
+        """``b - A x``, from the cache where ``x`` is the best model checked."""
+        if self._best is not None and self._best[1] is x:
+            return self._best[2]
+        return self.system.residual(x)
+
+    def correct(self, x: np.ndarray, scores: Scores) -> np.ndarray:
+        if self._residual is None:  # pragma: no cover - the engine always checks first
+            self._residual = self.system.residual(x)
+        if isinstance(self.corrector, GmresCorrector):
+            d = self.corrector.correct(self._residual, x)
+        else:
+            d = self.corrector.correct(self._residual)
+        self._last_inner = getattr(self.corrector, "inner_iterations", 0)
+        if not np.all(np.isfinite(d)):
+            raise StopRefinement(Status.NON_FINITE, f"non-finite correction from the {self.corrector.route} "
+                                                    f"corrector")
+        return d
+
+    def apply(self, x: np.ndarray, step: np.ndarray) -> np.ndarray:
+        return x + step
+
+    def step_size(self, x: np.ndarray, step: np.ndarray) -> float:
+        """``max_j ||d_j||_inf / ||x_j||_inf`` (``||d_j||`` where ``x_j = 0``), the largest over the
+        right-hand sides, so that each converges on its own scale."""
+        if step.size == 0:
+            return 0.0
+        d_norm = np.max(np.abs(step), axis=0)
+        x_norm = np.max(np.abs(x), axis=0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratios = np.where(x_norm > 0, d_norm / x_norm, d_norm)
+        return float(np.max(ratios))
+
+    def is_finite(self, x: np.ndarray) -> bool:
+        return bool(np.all(np.isfinite(x)))

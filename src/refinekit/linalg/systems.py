@@ -1,0 +1,442 @@
+"""The linear system as the refinement sees it: double-precision residuals, equilibration, and the LU
+factorizations (LAPACK for dense matrices, SuperLU for sparse ones) in low or double precision.
+
+Equilibration follows LAPACK's DGEEQUB: rows, then columns, are scaled by powers of two so that each
+has its largest entry near 1, and only where that is needed (a row or column ratio below 0.1, or
+entries far from 1, as in DLAQGE). Powers of two make the scaling exact, so the scaled system
+``(R A C) y = R b`` with ``x = C y`` is the same system, not an approximation of it: the residual is
+computed with the caller's ``A`` and ``b``, untouched, and only the low-precision factors see the
+scaled matrix.
+
+A dense matrix is factored as its transpose: ``A`` in C order is ``A.T`` in Fortran order, which
+LAPACK factors in place without a transposing copy; the solves then use ``trans=1``. Partial pivoting
+of ``A.T`` is column pivoting of ``A``, which is as stable.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..core import InputError
+from .precision import DOUBLE_EPS, HALF_MAX, UNIT_ROUNDOFF, round_in_place
+
+#: Row and column ratios below this are equilibrated (LAPACK DLAQGE's THRESH).
+SCALING_THRESHOLD = 0.1
+#: Entries of largest magnitude outside [2**-16, 2**16] are scaled towards 1 as well.
+RANGE_LIMIT = 2.0**16
+
+
+class SingularMatrixError(InputError, np.linalg.LinAlgError):
+    """The matrix is singular: an exact zero pivot in the double-precision LU, or a zero row or column.
+
+    It is an :class:`~refinekit.core.InputError` (the command line reports it in one line, exit code 2)
+    and a :class:`numpy.linalg.LinAlgError`, as ``numpy.linalg.solve`` raises.
+    """
+
+
+class FactorizationFailed(Exception):
+    """A low-precision factorization broke down (zero pivot, overflow): the caller falls back."""
+
+
+def _power_of_two(values: np.ndarray) -> np.ndarray:
+    """``2**round(log2(values))`` for positive finite values."""
+    return np.exp2(np.round(np.log2(values)))
+
+
+@dataclass
+class Scaling:
+    """Row and column scale factors (powers of two), None where the side is not scaled."""
+
+    row: np.ndarray | None = None
+    col: np.ndarray | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.row is not None or self.col is not None
+
+    def to_scaled(self, r: Any) -> Any:
+        """A right-hand side or residual of ``A x = b`` as one of ``(R A C) y = R b``."""
+        return r if self.row is None else self.row[:, None] * r
+
+    def from_scaled(self, d: Any) -> Any:
+        """A solution of the scaled system as one of the original: ``x = C y``."""
+        return d if self.col is None else self.col[:, None] * d
+
+    def transpose_to_scaled(self, v: Any) -> Any:
+        """For ``A^T``: ``(R A C)^T = C A^T R``, so a right-hand side of ``A^T`` is scaled by ``C``."""
+        return v if self.col is None else self.col[:, None] * v
+
+    def transpose_from_scaled(self, d: Any) -> Any:
+        return d if self.row is None else self.row[:, None] * d
+
+
+def choose_scaling(row_max: np.ndarray, col_max_of: Any, *, always: bool = False) -> Scaling:
+    """DGEEQUB's power-of-two scale factors from the rows' largest magnitudes; ``col_max_of(row)`` gives
+    the columns' largest magnitudes after the row scaling ``row`` (None: unscaled). ``always`` scales
+    even a well-scaled matrix to entries near 1 (the 16-bit formats need that for their range)."""
+    amax, amin = float(row_max.max()), float(row_max.min())
+    out_of_range = not (1.0 / RANGE_LIMIT <= amax <= RANGE_LIMIT)
+    row = None
+    if always or out_of_range or amin < SCALING_THRESHOLD * amax:
+        row = 1.0 / _power_of_two(row_max)
+    col_max = col_max_of(row)
+    cmax, cmin = float(col_max.max()), float(col_max.min())
+    col = None
+    if cmin < SCALING_THRESHOLD * cmax or (row is None and not (1.0 / RANGE_LIMIT <= cmax <= RANGE_LIMIT)):
+        col = 1.0 / _power_of_two(col_max)
+    return Scaling(row, col)
+
+
+def _block_rows(n_columns: int, itemsize: int, target_bytes: int = 1 << 20) -> int:
+    return max(8, target_bytes // max(1, n_columns * itemsize))
+
+
+# ----------------------------------------------------------------------------------------- factors
+class DenseLU:
+    """LU factors of ``mu * A_s`` (``A_s`` the scaled matrix, ``mu`` a power of two keeping the 16-bit
+    formats in range), stored as LAPACK leaves them for ``A_s.T``; solves take and return float64."""
+
+    def __init__(self, lu: np.ndarray, pivots: np.ndarray, precision: str, multiplier: float = 1.0) -> None:
+        from scipy.linalg import lapack
+
+        self.lu = lu
+        self.pivots = pivots
+        self.precision = precision
+        self.multiplier = float(multiplier)
+        self.unit_roundoff = UNIT_ROUNDOFF[precision]
+        self._getrs = lapack.sgetrs if lu.dtype == np.float32 else lapack.dgetrs
+
+    def solve(self, v: np.ndarray, transposed: bool = False) -> np.ndarray:
+        """``A_s^-1 v`` (``A_s^-T v`` if ``transposed``), computed in the factors' precision."""
+        x, _info = self._getrs(self.lu, self.pivots, v.astype(self.lu.dtype), trans=0 if transposed else 1,
+                              overwrite_b=True)
+        out = x.astype(np.float64, copy=False)
+        return out * self.multiplier if self.multiplier != 1.0 else out
+
+    def reciprocal_condition(self, norm_inf: float) -> float:
+        """LAPACK's estimate of ``1 / kappa_inf(A_s)`` from the factors (``norm_inf = ||A_s||_inf``)."""
+        from scipy.linalg import lapack
+
+        gecon = lapack.sgecon if self.lu.dtype == np.float32 else lapack.dgecon
+        # the factors are those of A_s^T, whose 1-norm is A_s's infinity norm
+        rcond, _info = gecon(self.lu, norm_inf / self.multiplier, norm="1")
+        return float(rcond)
+
+
+class SparseLU:
+    """SuperLU factors of the scaled sparse matrix, in single or double precision."""
+
+    def __init__(self, factors: Any, precision: str) -> None:
+        self.factors = factors
+        self.precision = precision
+        self.unit_roundoff = UNIT_ROUNDOFF[precision]
+        self.dtype = np.float32 if precision == "single" else np.float64
+
+    def solve(self, v: np.ndarray, transposed: bool = False) -> np.ndarray:
+        out = self.factors.solve(np.asarray(v, dtype=self.dtype), trans="T" if transposed else "N")
+        return np.asarray(out, dtype=np.float64).reshape(v.shape)
+
+
+# ----------------------------------------------------------------------------------------- systems
+class DenseSystem:
+    """``A x = b`` for a dense float64 ``A`` (C order) and ``b`` of shape ``(n, k)``."""
+
+    kind = "dense"
+
+    def __init__(self, a: np.ndarray, b: np.ndarray, precision: str) -> None:
+        self.a = a
+        self.b = b
+        self.n, self.k = b.shape
+        self.precision = precision
+        self.b_norm = np.max(np.abs(b), axis=0) if b.size else np.zeros(self.k)
+        self.low: np.ndarray | None = None  # the scaled matrix in float32, to be factored in place
+        self.scaling = Scaling()
+        self.norm_inf = 0.0
+        self._prepare()
+
+    # ---------------------------------------------------------------- preparation
+    def _prepare(self) -> None:
+        """One cast to float32 and one pass over it for the norm and the scale factors; a slower pass
+        over the double matrix only where the float32 copy cannot be trusted (range, NaN, Inf)."""
+        a = self.a
+        n = self.n
+        if self.precision == "double":
+            row_max, row_sum, col_max = self._statistics(a)
+            self._check_statistics(row_max, row_sum, col_max)
+            self.norm_inf = float(row_sum.max())
+            self.scaling = choose_scaling(row_max, lambda row: col_max if row is None
+                                          else self._column_max(a, row))
+            return
+        low = a.astype(np.float32)
+        row_max, row_sum, col_max = self._statistics(low)
+        tiny = 2.0**-100
+        if np.all(np.isfinite(row_sum)) and row_max.min() > tiny and col_max.min() > tiny:
+            # the float32 copy holds A to its own accuracy: enough for a norm and scale factors
+            # (the factor covers the rounding of the entries and of the pairwise sums)
+            self.norm_inf = float(row_sum.max()) * (1.0 + (2.0 + math.log2(max(n, 2))) * 2.0**-24)
+        else:
+            del low
+            row_max, row_sum, col_max = self._statistics(a)
+            self._check_statistics(row_max, row_sum, col_max)
+            self.norm_inf = float(row_sum.max())
+            low = None
+        sixteen_bit = self.precision in ("half", "bfloat16")
+        scaling = choose_scaling(
+            row_max, lambda row: col_max if row is None else self._column_max(a if low is None else low, row),
+            always=sixteen_bit)
+        if sixteen_bit and scaling.row is None:
+            scaling.row = np.ones(n)
+        self.scaling = scaling
+        if low is None:
+            low = np.empty((n, n), dtype=np.float32)
+            self._scale_into(a, low)
+        elif scaling.active:
+            self._scale_into(low, low)
+        self.low = low
+
+    def _statistics(self, m: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Largest magnitude of each row and column and each row's sum of magnitudes, in one pass over
+        blocks of rows through one reused buffer (about the cost of a copy of ``m``)."""
+        n = m.shape[0]
+        row_max = np.empty(n, dtype=m.dtype)
+        row_sum = np.empty(n, dtype=m.dtype)
+        col_max = np.zeros(n, dtype=m.dtype)
+        step = _block_rows(n, m.itemsize)
+        buffer = np.empty((min(step, n), n), dtype=m.dtype)
+        with np.errstate(over="ignore", invalid="ignore"):
+            for i in range(0, n, step):
+                block = np.abs(m[i:i + step], out=buffer[:min(step, n - i)])
+                block.max(axis=1, out=row_max[i:i + step])
+                block.sum(axis=1, out=row_sum[i:i + step])  # pairwise: error ~ log2(n) u
+                np.fmax(col_max, block.max(axis=0), out=col_max)
+        return row_max.astype(np.float64), row_sum.astype(np.float64), col_max.astype(np.float64)
+
+    def _check_statistics(self, row_max: np.ndarray, row_sum: np.ndarray, col_max: np.ndarray) -> None:
+        if not np.all(np.isfinite(row_sum)):
+            if not np.all(np.isfinite(self.a)):
+                raise InputError("the matrix A contains NaN or Inf")
+            raise InputError("the matrix A has entries so large that a row's sum overflows")
+        zero_rows = np.flatnonzero(row_max == 0)
+        if zero_rows.size:
+            raise SingularMatrixError(f"the matrix A is singular: row {zero_rows[0]} is zero")
+        zero_cols = np.flatnonzero(col_max == 0)
+        if zero_cols.size:
+            raise SingularMatrixError(f"the matrix A is singular: column {zero_cols[0]} is zero")
+
+    def _column_max(self, m: np.ndarray, row: np.ndarray) -> np.ndarray:
+        n = m.shape[0]
+        col_max = np.zeros(n)
+        step = _block_rows(n, 8)
+        for i in range(0, n, step):
+            block = np.abs(m[i:i + step]) * row[i:i + step, None]
+            np.fmax(col_max, block.max(axis=0), out=col_max)
+        return col_max
+
+    def _scale_into(self, source: np.ndarray, target: np.ndarray) -> None:
+        n = self.n
+        row = self.scaling.row if self.scaling.row is not None else np.ones(n)
+        col = self.scaling.col
+        step = _block_rows(n, 8)
+        for i in range(0, n, step):
+            block = source[i:i + step] * row[i:i + step, None]
+            if col is not None:
+                block *= col
+            target[i:i + step] = block
+
+    def scaled_copy(self) -> np.ndarray:
+        """``R A C`` in float64, C order (for the double factorization)."""
+        if not self.scaling.active:
+            return self.a.copy()
+        out = np.empty_like(self.a)
+        self._scale_into(self.a, out)
+        return out
+
+    # ---------------------------------------------------------------- factorizations
+    def factor_low(self) -> DenseLU:
+        """LU of the scaled matrix in the low precision (consumes the float32 copy)."""
+        from scipy.linalg import lapack
+
+        if self.low is None:
+            raise FactorizationFailed("the low-precision copy was already factored")
+        low, self.low = self.low, None
+        multiplier = 1.0
+        if self.precision in ("half", "bfloat16"):
+            # the scaled entries are at most ~1.4; 2**12 uses the 16-bit range without risking
+            # overflow in the factors (U may grow a few times over A)
+            multiplier = 2.0**12 if self.precision == "half" else 1.0
+            low *= np.float32(multiplier)
+            round_in_place(low, self.precision)
+        lu, pivots, info = lapack.sgetrf(low.T, overwrite_a=True)
+        if info > 0:
+            raise FactorizationFailed(f"exact zero pivot U({info},{info}) in the {self.precision} LU")
+        if info < 0:  # pragma: no cover - an argument error is a bug
+            raise RuntimeError(f"sgetrf argument {-info} is invalid")
+        if self.precision in ("half", "bfloat16"):
+            round_in_place(lu, self.precision)
+        diagonal = np.diagonal(lu)
+        if not np.all(np.isfinite(diagonal)) or np.any(diagonal == 0):
+            raise FactorizationFailed(f"the {self.precision} LU overflowed or has a zero pivot")
+        return DenseLU(lu, pivots, self.precision, multiplier=1.0 / multiplier if multiplier != 1.0 else 1.0)
+
+    def factor_double(self) -> DenseLU:
+        from scipy.linalg import lapack
+
+        self.low = None  # free the float32 copy before allocating the double one
+        scaled = self.scaled_copy()
+        lu, pivots, info = lapack.dgetrf(scaled.T, overwrite_a=True)
+        if info > 0:
+            raise SingularMatrixError(f"the matrix A is singular: exact zero pivot U({info},{info}) in the "
+                                      f"double-precision LU")
+        return DenseLU(lu, pivots, "double")
+
+    def scaled_norm_inf(self) -> float:
+        """``||R A C||_inf`` (for the condition estimate of the scaled factors)."""
+        if not self.scaling.active:
+            return self.norm_inf
+        row = self.scaling.row if self.scaling.row is not None else np.ones(self.n)
+        col = np.abs(self.scaling.col) if self.scaling.col is not None else np.ones(self.n)
+        return float(np.max(row * self.abs_times(col[:, None])[:, 0]))
+
+    # ---------------------------------------------------------------- operations
+    def residual(self, x: np.ndarray) -> np.ndarray:
+        """``b - A x`` in double precision."""
+        return self.b - self.a @ x
+
+    def matvec(self, v: np.ndarray) -> np.ndarray:
+        return self.a @ v
+
+    def rmatvec(self, v: np.ndarray) -> np.ndarray:
+        return self.a.T @ v
+
+    def abs_times(self, v: np.ndarray) -> np.ndarray:
+        """``|A| v`` for non-negative ``v``, in row blocks (no n-by-n temporary)."""
+        return self.abs_times_and_counts(v)[0]
+
+    def abs_times_and_counts(self, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``|A| v`` and the number of nonzeros of each row, in one pass over ``A``."""
+        n = self.n
+        out = np.empty((n, v.shape[1]))
+        counts = np.empty(n, dtype=np.int64)
+        step = _block_rows(n, 8)
+        buffer = np.empty((min(step, n), n))
+        nonzero = np.empty((min(step, n), n), dtype=bool)
+        for i in range(0, n, step):
+            rows = min(step, n - i)
+            block = np.abs(self.a[i:i + step], out=buffer[:rows])
+            np.not_equal(block, 0.0, out=nonzero[:rows])
+            counts[i:i + step] = nonzero[:rows].sum(axis=1)
+            out[i:i + step] = block @ v
+        return out, counts
+
+
+class SparseSystem:
+    """``A x = b`` for a scipy.sparse ``A`` (any format) and ``b`` of shape ``(n, k)``."""
+
+    kind = "sparse"
+
+    def __init__(self, a: Any, b: np.ndarray, precision: str) -> None:
+        import scipy.sparse as sp
+
+        a = sp.csr_array(a, dtype=np.float64)
+        a.sum_duplicates()
+        if not np.all(np.isfinite(a.data)):
+            raise InputError("the matrix A contains NaN or Inf")
+        self.a = a
+        self.b = b
+        self.n, self.k = b.shape
+        self.precision = precision
+        self.b_norm = np.max(np.abs(b), axis=0) if b.size else np.zeros(self.k)
+        self._abs: Any = None
+        magnitudes = self.abs_matrix()
+        row_max = magnitudes.max(axis=1).toarray().ravel()
+        col_max = magnitudes.max(axis=0).toarray().ravel()
+        zero_rows = np.flatnonzero(row_max == 0)
+        if zero_rows.size:
+            raise SingularMatrixError(f"the matrix A is singular: row {zero_rows[0]} is zero")
+        zero_cols = np.flatnonzero(col_max == 0)
+        if zero_cols.size:
+            raise SingularMatrixError(f"the matrix A is singular: column {zero_cols[0]} is zero")
+        self.norm_inf = float(np.max(np.asarray(magnitudes.sum(axis=1)).ravel()))
+
+        def col_max_after(row: np.ndarray | None) -> np.ndarray:
+            if row is None:
+                return col_max
+            return (sp.diags_array(row) @ magnitudes).max(axis=0).toarray().ravel()
+
+        self.scaling = choose_scaling(row_max, col_max_after)
+
+    def abs_matrix(self) -> Any:
+        if self._abs is None:
+            self._abs = abs(self.a)
+        return self._abs
+
+    def scaled_matrix(self, dtype: Any) -> Any:
+        import scipy.sparse as sp
+
+        m = self.a
+        if self.scaling.row is not None:
+            m = sp.diags_array(self.scaling.row) @ m
+        if self.scaling.col is not None:
+            m = m @ sp.diags_array(self.scaling.col)
+        return sp.csc_array(m, dtype=dtype)
+
+    def _factor(self, precision: str) -> SparseLU:
+        from scipy.sparse.linalg import splu
+
+        dtype = np.float32 if precision == "single" else np.float64
+        try:
+            factors = splu(self.scaled_matrix(dtype))
+        except RuntimeError as exc:  # SuperLU: "Factor is exactly singular"
+            if precision == "double":
+                raise SingularMatrixError(f"the matrix A is singular: SuperLU found an exact zero pivot "
+                                          f"({exc})") from None
+            raise FactorizationFailed(f"SuperLU in {precision} precision: {exc}") from None
+        return SparseLU(factors, precision)
+
+    def factor_low(self) -> SparseLU:
+        return self._factor(self.precision)
+
+    def factor_double(self) -> SparseLU:
+        return self._factor("double")
+
+    def scaled_norm_inf(self) -> float:
+        return float(np.max(np.asarray(abs(self.scaled_matrix(np.float64)).sum(axis=1)).ravel()))
+
+    def residual(self, x: np.ndarray) -> np.ndarray:
+        return self.b - self.a @ x
+
+    def matvec(self, v: np.ndarray) -> np.ndarray:
+        return self.a @ v
+
+    def rmatvec(self, v: np.ndarray) -> np.ndarray:
+        return self.a.T @ v
+
+    def abs_times(self, v: np.ndarray) -> np.ndarray:
+        return self.abs_matrix() @ v
+
+    def abs_times_and_counts(self, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``|A| v`` and the number of stored entries of each row (explicit zeros count: an upper bound)."""
+        return self.abs_matrix() @ v, np.diff(self.a.indptr)
+
+
+def backward_errors(system: Any, x: np.ndarray, r: np.ndarray) -> np.ndarray:
+    """Normwise backward error of each column: ``||r||_inf / (||A||_inf ||x||_inf + ||b||_inf)``
+    (Rigal & Gaches): the smallest relative change to ``A`` and ``b`` that makes ``x`` exact."""
+    r_norm = np.max(np.abs(r), axis=0)
+    denominator = system.norm_inf * np.max(np.abs(x), axis=0) + system.b_norm
+    with np.errstate(divide="ignore", invalid="ignore"):
+        eta = np.where(denominator > 0, r_norm / denominator, np.where(r_norm > 0, np.inf, 0.0))
+    return np.where(np.isnan(r_norm), np.inf, eta)
+
+
+def converged_backward_error(n: int, tol: float) -> float:
+    """The backward error a converged solution must reach: ``max(sqrt(n) u, tol)`` (as DSGESV asks for
+    ``||r|| <= sqrt(n) u ||A|| ||x||``)."""
+    return max(math.sqrt(max(n, 1)) * DOUBLE_EPS, float(tol))
+
+
+__all__ = ["HALF_MAX", "DenseSystem", "SingularMatrixError", "SparseSystem"]
