@@ -386,10 +386,10 @@ def _solve_system(system: Any, precision: str, tol: float, max_iter: int | None,
             corrector = LUCorrector(system, factors, "double")
             factor_precision = "double"
         cap = max_iter if max_iter is not None else DEFAULT_MAX_ITER[route]
-        problem = IterativeRefinementProblem(system, corrector, x0)
+        problem = IterativeRefinementProblem(system, corrector, x0, converged_backward_error=eta_tol)
         tick = time.perf_counter()
-        run = refine(problem, max_cycles=cap, xtol=tol, stagnation=0.5, divergence=1e3, restore_best=True,
-                     callbacks=callbacks)
+        run = refine(problem, max_cycles=cap, xtol=tol, stagnation=0.5, divergence=math.inf,
+                     restore_best=True, callbacks=callbacks)
         seconds = time.perf_counter() - tick
         ok, status, message = _judge(run, route, eta_tol)
         inner = getattr(corrector, "total_inner_iterations", 0)
