@@ -24,13 +24,7 @@ from .bounds import componentwise_backward_errors
 from .bounds import error_bounds as compute_error_bounds
 from .precision import DOUBLE_EPS, UNIT_ROUNDOFF, resolve_precision
 from .problem import GmresCorrector, IterativeRefinementProblem, LUCorrector
-from .systems import (
-    DenseSystem,
-    FactorizationFailed,
-    SparseSystem,
-    backward_errors,
-    converged_backward_error,
-)
+from .systems import DenseSystem, FactorizationFailed, SparseSystem, converged_backward_error
 
 ROUTES = {"auto": ("ir", "gmres-ir", "double"), "ir": ("ir",), "gmres-ir": ("gmres-ir",),
           "double": ("double",)}
@@ -279,7 +273,7 @@ def _device_name(A: Any, device: str) -> str:
     if not isinstance(device, str):
         device = str(device)
     device = device.lower()
-    if type(A).__module__.startswith("torch"):
+    if type(A).__module__.startswith("torch"):  # a tensor stays on its device unless told otherwise
         return device if device != "cpu" else "torch-cpu"
     if device == "cpu":
         return "cpu"
@@ -344,22 +338,23 @@ def _right_hand_side(b: Any, a_shape: tuple[int, ...], batch: tuple[int, ...]) -
 
 # ----------------------------------------------------------------------------------- the routes
 def _solve_system(system: Any, precision: str, tol: float, max_iter: int | None, method: str,
-                  error_bounds: bool, callbacks: Any, vector: bool) -> SolveResult:
-    """Run the routes in order until one succeeds; assemble the result."""
+                  error_bounds: bool, callbacks: Any, vector: bool, device: str = "cpu") -> SolveResult:
+    """Run the routes in order until one succeeds; assemble the result. ``system`` is a numpy system of
+    :mod:`refinekit.linalg.systems` or a torch one (:mod:`refinekit.linalg.torch_backend`)."""
     routes = ("double",) if precision == "double" else ROUTES[method]
-    n = system.n
-    eta_tol = converged_backward_error(n, tol)
+    if getattr(system, "batch_shape", ()) and "gmres-ir" in routes:
+        routes = tuple(r for r in routes if r != "gmres-ir")  # GMRES runs one system at a time
+    eta_tol = converged_backward_error(system.n, tol)
     alarms: list[Alarm] = []
     attempts: list[Attempt] = []
-    if n == 0 or system.k == 0:
-        x = np.zeros((n, system.k))
-        empty = np.zeros(system.k)
-        return _result(x, Status.CONVERGED, "converged: an empty system", [], alarms, "double", precision,
-                       empty, empty, empty if error_bounds else None, empty if error_bounds else None,
-                       vector, None, "cpu")
+    if system.n == 0 or system.k == 0:
+        empty = np.zeros((*getattr(system, "batch_shape", ()), system.k))
+        return _result(system.b * 0.0, Status.CONVERGED, "converged: an empty system", [], alarms, "double",
+                       precision, empty, empty, empty if error_bounds else None,
+                       empty if error_bounds else None, vector, device)
     low = None
     low_failure: str | None = None
-    best: tuple[float, np.ndarray, Any, int, list[CycleRecord], Status] | None = None
+    best: tuple | None = None
     chosen = None
     for index, route in enumerate(routes):
         last_route = index == len(routes) - 1
@@ -406,11 +401,10 @@ def _solve_system(system: Any, precision: str, tol: float, max_iter: int | None,
 
     if chosen is None:
         if best is None:
-            x = np.full((n, system.k), np.nan)
-            status, message = Status.NON_FINITE, "no route produced a finite solution"
-            return _result(x, status, message, attempts, alarms, attempts[-1].path if attempts else "",
-                           precision, np.full(system.k, np.inf), None, None, None, vector, None, "cpu",
-                           trusted=False)
+            eta_shape = (*getattr(system, "batch_shape", ()), system.k)
+            return _result(system.b * math.nan, Status.NON_FINITE, "no route produced a finite solution",
+                           attempts, alarms, attempts[-1].path if attempts else "", precision,
+                           np.full(eta_shape, np.inf), None, None, None, vector, device, trusted=False)
         _, x, corrector, _, _, status, final_problem = best
         last = attempts[-1]
         status = Status(status) if status is not Status.CONVERGED else Status.STAGNATED
@@ -419,22 +413,14 @@ def _solve_system(system: Any, precision: str, tol: float, max_iter: int | None,
     else:
         x, corrector, status, message, path, factor_precision, final_problem = chosen
 
-    r = final_problem.residual_of(x) if final_problem is not None else system.residual(x)
-    eta = backward_errors(system, x, r)
+    r = final_problem.residual_of(x)
+    eta_shape = (*getattr(system, "batch_shape", ()), system.k)
+    eta = system.backward_errors(x, r).reshape(eta_shape)
     omega = normwise = componentwise = None
     trusted = True
     if error_bounds:
-        abs_product, row_terms = system.abs_times_and_counts(np.abs(x))
-        omega = componentwise_backward_errors(r, abs_product, system.b)
-        inflation = 1.0 if corrector.route == "double" else 2.0
-        if isinstance(corrector, GmresCorrector):
-            def solve_a(v: np.ndarray) -> np.ndarray:
-                return corrector.solve(v, tol=1e-3)
-        else:
-            solve_a = corrector.solve
-        normwise, componentwise = compute_error_bounds(
-            x=x, r=r, abs_a_abs_x=abs_product, b=system.b, solve=solve_a,
-            solve_transpose=corrector.solve_transpose, row_terms=row_terms, inflation=inflation)
+        omega, normwise, componentwise = _bounds(system, x, r, corrector)
+        omega, normwise, componentwise = (v.reshape(eta_shape) for v in (omega, normwise, componentwise))
         if not np.all(normwise < 1.0):
             trusted = False
             alarms.append(Alarm("ill_conditioned", None, (
@@ -448,7 +434,37 @@ def _solve_system(system: Any, precision: str, tol: float, max_iter: int | None,
                 f"estimated reciprocal condition number {rcond:.2g} < unit roundoff: A is singular to "
                 f"working precision and no digit of x is certain")))
     return _result(x, status, message, attempts, alarms, path, factor_precision, eta, omega, normwise,
-                   componentwise, vector, None, "cpu", trusted=trusted)
+                   componentwise, vector, device, trusted=trusted)
+
+
+def _bounds(system: Any, x: Any, r: Any, corrector: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Componentwise backward errors and the two forward-error bounds, system by system (on the host;
+    the solves run where the factors are)."""
+    views = system.items(x, r, corrector) if hasattr(system, "items") else [(system, x, r, corrector)]
+    omegas, normwises, componentwises = [], [], []
+    for sys_i, x_i, r_i, cor_i in views:
+        x_host, r_host, b_host = sys_i.to_numpy(x_i), sys_i.to_numpy(r_i), sys_i.to_numpy(sys_i.b)
+        abs_product, row_terms = sys_i.abs_times_and_counts(np.abs(x_host))
+        omegas.append(componentwise_backward_errors(r_host, abs_product, b_host))
+        if isinstance(cor_i, GmresCorrector):
+            # GMRES to 1e-3 is plenty for a norm estimate (which needs about one digit)
+            def solve_a(v: np.ndarray, c: Any = cor_i, s: Any = sys_i) -> np.ndarray:
+                return s.to_numpy(c.solve(s.from_numpy(v), tol=1e-3))
+        else:
+            def solve_a(v: np.ndarray, c: Any = cor_i, s: Any = sys_i) -> np.ndarray:
+                return s.to_numpy(c.solve(s.from_numpy(v)))
+
+        def solve_at(v: np.ndarray, c: Any = cor_i, s: Any = sys_i) -> np.ndarray:
+            return s.to_numpy(c.solve_transpose(s.from_numpy(v)))
+
+        # low-precision factors apply A^-1 only to within the contraction refinement showed (< 1/2)
+        inflation = 1.0 if cor_i.route == "double" else 2.0
+        normwise, componentwise = compute_error_bounds(
+            x=x_host, r=r_host, abs_a_abs_x=abs_product, b=b_host, solve=solve_a, solve_transpose=solve_at,
+            row_terms=row_terms, inflation=inflation)
+        normwises.append(normwise)
+        componentwises.append(componentwise)
+    return np.concatenate(omegas), np.concatenate(normwises), np.concatenate(componentwises)
 
 
 def _good_start(best: tuple) -> bool:
@@ -491,9 +507,9 @@ def _judge(run: RefinementResult, route: str, eta_tol: float) -> tuple[bool, Sta
     return False, status, run.message
 
 
-def _result(x: np.ndarray, status: Status, message: str, attempts: list[Attempt], alarms: list[Alarm],
+def _result(x: Any, status: Status, message: str, attempts: list[Attempt], alarms: list[Alarm],
             path: str, precision: str, eta: Any, omega: Any, normwise: Any, componentwise: Any,
-            vector: bool, items: list[SolveResult] | None, device: str, trusted: bool = True) -> SolveResult:
+            vector: bool, device: str, trusted: bool = True) -> SolveResult:
     final = [a for a in attempts if a.path == path and a.history]
     history = final[-1].history if final else [CycleRecord(0, float(_largest(eta)), None, None, 0.0)]
     best_cycle = int(np.argmin([r.work for r in history])) if history else 0
@@ -502,17 +518,19 @@ def _result(x: np.ndarray, status: Status, message: str, attempts: list[Attempt]
         if values is None:
             return None
         array = np.asarray(values, dtype=float)
-        return float(array[0]) if vector and array.ndim == 1 else array
+        if vector:
+            array = array[..., 0]
+        return float(array) if array.ndim == 0 else array
 
     if not trusted and status.success:
         message += "; but the error bound does not certify any digit"
     return SolveResult(
-        x=x[:, 0] if vector else x, status=status, message=message,
+        x=x[..., 0] if vector else x, status=status, message=message,
         n_cycles=sum(a.iterations for a in attempts), history=history, best_cycle=best_cycle,
         alarms=alarms, x_last=None, path=path, precision=precision, device=device, attempts=attempts,
         backward_errors=shaped(eta), componentwise_backward_errors=shaped(omega),
         forward_error_bounds=shaped(normwise), componentwise_error_bounds=shaped(componentwise),
-        items=items, trusted=trusted,
+        trusted=trusted,
     )
 
 

@@ -49,6 +49,10 @@ class LUCorrector:
     def correct(self, r: np.ndarray) -> np.ndarray:
         return self.solve(r)
 
+    def item(self, i: int) -> LUCorrector:
+        """The corrector of system ``i`` of a stack (torch)."""
+        return LUCorrector(self.system.item(i), self.factors.item(i), self.route)
+
 
 class GmresCorrector:
     """Corrections by flexible GMRES in double precision on the scaled system, right-preconditioned by
@@ -80,6 +84,7 @@ class GmresCorrector:
         scaling = self.system.scaling
         return scaling.to_scaled(self.system.matvec(scaling.from_scaled(v[:, None])))[:, 0]
 
+
     def _precondition(self, v: np.ndarray) -> np.ndarray:
         return self.factors.solve(v[:, None])[:, 0]
 
@@ -89,18 +94,18 @@ class GmresCorrector:
         scaling = self.system.scaling
         rs = scaling.to_scaled(r)
         n, k = rs.shape
-        out = np.zeros_like(rs)
+        out = rs * 0.0
         self.inner_iterations = 0
         for j in range(k):
             left = self.budget - self.total_inner_iterations - self.inner_iterations
             if tol is None and left <= 0:
                 raise StopRefinement(Status.STAGNATED, f"GMRES-IR used up its budget of {self.budget} GMRES "
                                                        f"iterations")
-            column = np.ascontiguousarray(rs[:, j])
+            column = self.system.contiguous(rs[:, j])
             target = self.inner_tol if tol is None else tol
             outcome = fgmres(self._scaled_matvec, self._precondition, column, tol=target,
                              max_iter=min(left if tol is None else self.budget, n),
-                             new_basis=lambda m: np.zeros((m, n)),
+                             new_basis=self.system.new_basis,
                              give_up_after=self.give_up_after if tol is None else None)
             self.inner_iterations += outcome.iterations
             if outcome.iterations == 0 and not outcome.converged:
@@ -122,7 +127,7 @@ class GmresCorrector:
         system = self.system
         vs = scaling.transpose_to_scaled(v)
         n, k = vs.shape
-        out = np.zeros_like(vs)
+        out = vs * 0.0
 
         def matvec(u: np.ndarray) -> np.ndarray:
             product = system.rmatvec(scaling.transpose_from_scaled(u[:, None]))
@@ -132,8 +137,8 @@ class GmresCorrector:
             return self.factors.solve(u[:, None], transposed=True)[:, 0]
 
         for j in range(k):
-            outcome = fgmres(matvec, precondition, np.ascontiguousarray(vs[:, j]), tol=tol,
-                             max_iter=min(self.budget, n), new_basis=lambda m: np.zeros((m, n)))
+            outcome = fgmres(matvec, precondition, system.contiguous(vs[:, j]), tol=tol,
+                             max_iter=min(self.budget, n), new_basis=system.new_basis)
             out[:, j] = outcome.x
         return scaling.transpose_from_scaled(out)
 
@@ -141,7 +146,7 @@ class GmresCorrector:
         return self.solve(r)
 
     def initial(self) -> np.ndarray:
-        return np.zeros_like(self.system.b)
+        return self.system.b * 0.0
 
 
 class IterativeRefinementProblem(RefinementProblem):
@@ -173,11 +178,10 @@ class IterativeRefinementProblem(RefinementProblem):
         return x0
 
     def check(self, x: np.ndarray) -> Scores:
-        from .systems import backward_errors
-
         r = self.system.residual(x)
         self._residual = r
-        eta = float(np.max(backward_errors(self.system, x, r))) if r.size else 0.0
+        etas = self.system.backward_errors(x, r)
+        eta = float(np.max(etas)) if etas.size else 0.0
         lowest = self._best[0] if self._best is not None else math.inf
         if eta > self.divergence * lowest and eta > self.converged_backward_error:
             # the engine's own rule would also fire among backward errors at rounding level, where a
@@ -201,7 +205,7 @@ class IterativeRefinementProblem(RefinementProblem):
             self._residual = self.system.residual(x)
         d = self.corrector.correct(self._residual)
         self._last_inner = getattr(self.corrector, "inner_iterations", 0)
-        if not np.all(np.isfinite(d)):
+        if not self.system.all_finite(d):
             raise StopRefinement(Status.NON_FINITE, f"non-finite correction from the {self.corrector.route} "
                                                     f"corrector")
         return d
@@ -212,13 +216,13 @@ class IterativeRefinementProblem(RefinementProblem):
     def step_size(self, x: np.ndarray, step: np.ndarray) -> float:
         """``max_j ||d_j||_inf / ||x_j||_inf`` (``||d_j||`` where ``x_j = 0``), the largest over the
         right-hand sides, so that each converges on its own scale."""
-        if step.size == 0:
+        d_norm = self.system.column_norms(step)
+        x_norm = self.system.column_norms(x)
+        if d_norm.size == 0:
             return 0.0
-        d_norm = np.max(np.abs(step), axis=0)
-        x_norm = np.max(np.abs(x), axis=0)
         with np.errstate(divide="ignore", invalid="ignore"):
             ratios = np.where(x_norm > 0, d_norm / x_norm, d_norm)
         return float(np.max(ratios))
 
     def is_finite(self, x: np.ndarray) -> bool:
-        return bool(np.all(np.isfinite(x)))
+        return self.system.all_finite(x)

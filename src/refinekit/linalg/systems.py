@@ -58,20 +58,21 @@ class Scaling:
     def active(self) -> bool:
         return self.row is not None or self.col is not None
 
+    # the factors are (n,) or, for a stack, (batch, n); vectors are (..., n, k)
     def to_scaled(self, r: Any) -> Any:
         """A right-hand side or residual of ``A x = b`` as one of ``(R A C) y = R b``."""
-        return r if self.row is None else self.row[:, None] * r
+        return r if self.row is None else self.row[..., :, None] * r
 
     def from_scaled(self, d: Any) -> Any:
         """A solution of the scaled system as one of the original: ``x = C y``."""
-        return d if self.col is None else self.col[:, None] * d
+        return d if self.col is None else self.col[..., :, None] * d
 
     def transpose_to_scaled(self, v: Any) -> Any:
         """For ``A^T``: ``(R A C)^T = C A^T R``, so a right-hand side of ``A^T`` is scaled by ``C``."""
-        return v if self.col is None else self.col[:, None] * v
+        return v if self.col is None else self.col[..., :, None] * v
 
     def transpose_from_scaled(self, d: Any) -> Any:
-        return d if self.row is None else self.row[:, None] * d
+        return d if self.row is None else self.row[..., :, None] * d
 
 
 def choose_scaling(row_max: np.ndarray, col_max_of: Any, *, always: bool = False) -> Scaling:
@@ -142,7 +143,40 @@ class SparseLU:
 
 
 # ----------------------------------------------------------------------------------------- systems
-class DenseSystem:
+class NumpyVectors:
+    """What the refinement needs of the vectors (``(n, k)`` numpy arrays), as methods of the system so
+    that the torch systems can supply their own."""
+
+    b: np.ndarray
+    b_norm: np.ndarray
+    norm_inf: float
+    n: int
+
+    def column_norms(self, v: np.ndarray) -> np.ndarray:
+        """``||v_j||_inf`` of each column (a flat numpy array)."""
+        return np.max(np.abs(v), axis=0) if v.shape[0] else np.zeros(v.shape[1])
+
+    def backward_errors(self, x: np.ndarray, r: np.ndarray) -> np.ndarray:
+        """Normwise backward error of each column (see :func:`backward_errors`)."""
+        return backward_errors(self, x, r)
+
+    def all_finite(self, v: np.ndarray) -> bool:
+        return bool(np.all(np.isfinite(v)))
+
+    def contiguous(self, v: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(v)
+
+    def new_basis(self, rows: int) -> np.ndarray:
+        return np.zeros((rows, self.n))
+
+    def to_numpy(self, v: np.ndarray) -> np.ndarray:
+        return v
+
+    def from_numpy(self, v: np.ndarray) -> np.ndarray:
+        return v
+
+
+class DenseSystem(NumpyVectors):
     """``A x = b`` for a dense float64 ``A`` (C order) and ``b`` of shape ``(n, k)``."""
 
     kind = "dense"
@@ -333,7 +367,7 @@ class DenseSystem:
         return out, counts
 
 
-class SparseSystem:
+class SparseSystem(NumpyVectors):
     """``A x = b`` for a scipy.sparse ``A`` (any format) and ``b`` of shape ``(n, k)``."""
 
     kind = "sparse"
