@@ -1,0 +1,375 @@
+"""The edges of the xtal domain: reading models, reflection data and restraint dictionaries, and
+writing refined models, MTZ files with map coefficients, and JSON. Readers raise
+:class:`refinekit.core.InputError` with a one-line message naming the file; writers are atomic.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import re
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import gemmi
+import numpy as np
+
+from ..core import FreeFlags, InputError, KFold, atomic_write_bytes, atomic_write_text
+from .reflections import ReflectionData, french_wilson, infer_free_convention
+
+#: amplitude columns that hold model values, never observations
+_CALCULATED = re.compile(r"^(FC|FCALC|FC_ALL|FC_ALL_LS|FWT|DELFWT|2FOFCWT|FOFCWT|FMODEL|F-MODEL|FPART"
+                         r"|FMASK|FOM|FCAL|FC_.*|F_CALC.*|PH.*|.*WT|.*_CALC)$", re.IGNORECASE)
+_FREE_LABEL = re.compile(r"free|test|rfree", re.IGNORECASE)
+
+#: where the bundled restraint dictionaries live (the subset the demo needs; LGPL-3, see NOTICE there)
+BUNDLED_MONOMERS = Path(__file__).resolve().parent.parent / "data" / "xtal" / "monomers"
+
+
+# ------------------------------------------------------------------------------------ models
+def read_model(path: str | os.PathLike[str]) -> gemmi.Structure:
+    """Read a PDB or mmCIF model (optionally gzipped): the first model, with entities set up.
+
+    Raises InputError for a file that cannot be read, looks truncated, or has no atoms.
+    """
+    path = Path(path)
+    _require_file(path)
+    if _looks_like_pdb(path):
+        _check_pdb_not_truncated(path)
+    try:
+        st = gemmi.read_structure(str(path), merge_chain_parts=True)
+    except (RuntimeError, ValueError) as exc:
+        raise InputError(f"cannot read the model ({_first_line(exc)})", path=path) from None
+    if len(st) == 0 or st[0].count_atom_sites() == 0:
+        raise InputError("the model has no atoms", path=path)
+    while len(st) > 1:      # refinement is of the first model; NMR-style ensembles are not refined
+        del st[len(st) - 1]
+    st.setup_entities()
+    return st
+
+
+def _looks_like_pdb(path: Path) -> bool:
+    """PDB unless the text starts as a CIF document does (whatever the file is called)."""
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    try:
+        with opener(path, "rb") as fh:
+            head = fh.read(4096)
+    except (OSError, EOFError):
+        return False
+    text = head.lstrip()
+    while text.startswith(b"#"):
+        text = text.split(b"\n", 1)[-1].lstrip() if b"\n" in text else b""
+    return not text.startswith(b"data_")
+
+
+def _check_pdb_not_truncated(path: Path) -> None:
+    """A PDB file cut short mid-record reads without error in most parsers: catch it here."""
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    try:
+        with opener(path, "rb") as fh:
+            data = fh.read()
+    except (OSError, EOFError) as exc:
+        raise InputError(f"cannot read the model ({_first_line(exc)})", path=path) from None
+    lines = data.rstrip(b"\n").split(b"\n")
+    last = lines[-1].rstrip(b"\r") if lines else b""
+    if last.startswith((b"ATOM", b"HETATM")) and len(last) < 54:
+        raise InputError("the model file is truncated (its last atom record is incomplete)", path=path)
+
+
+def check_model_matches_data(st: gemmi.Structure, data: ReflectionData, model_path: object,
+                             data_path: object) -> None:
+    """Refuse a model whose unit cell or space group differs from the data's; give a model without
+    a cell the data's."""
+    if not st.cell.is_crystal() or st.cell.a <= 1.0:
+        st.cell = data.cell
+        st.spacegroup_hm = data.spacegroup.xhm()
+        st.setup_cell_images()
+        return
+    mine = np.array(st.cell.parameters)
+    theirs = np.array(data.cell.parameters)
+    if (np.any(np.abs(mine[:3] - theirs[:3]) > 0.02 * theirs[:3])
+            or np.any(np.abs(mine[3:] - theirs[3:]) > 1.0)):
+        raise InputError(
+            f"unit cell of the model ({_cell_text(mine)}) does not match the data's ({_cell_text(theirs)}) "
+            f"in {data_path}", path=model_path)
+    model_sg = st.find_spacegroup()
+    if model_sg is None:
+        st.spacegroup_hm = data.spacegroup.xhm()
+    elif model_sg.number != data.spacegroup.number:
+        raise InputError(f"space group of the model ({model_sg.xhm()}) differs from the data's "
+                         f"({data.spacegroup.xhm()}) in {data_path}", path=model_path)
+    # the data's cell is the measured one; the model follows it (differences are within tolerance)
+    st.cell = data.cell
+    st.setup_cell_images()
+
+
+def _cell_text(p: np.ndarray) -> str:
+    return " ".join(f"{v:.2f}" for v in p)
+
+
+def load_monomer_library(resnames: Iterable[str], monlib: str | os.PathLike[str] | None = None
+                         ) -> tuple[gemmi.MonLib, Path]:
+    """Read the restraint dictionaries of ``resnames`` from a CCP4 monomer library folder (``monlib``,
+    else $CLIBD_MON, else the small subset bundled with refinekit).
+
+    A residue without a dictionary is an InputError that names it and says how to supply one.
+    """
+    folder = _monlib_folder(monlib)
+    names = sorted(set(resnames))
+    missing = [n for n in names if not _dictionary_path(folder, n).is_file()]
+    if missing:
+        raise InputError(
+            f"no restraint dictionary for residue(s) {', '.join(missing)} in {folder}: make one (e.g. with "
+            f"AceDRG or grade) and put it in a CCP4 monomer-library folder as <first letter>/<CODE>.cif "
+            f"given with --monlib", path=None)
+    try:
+        lib = gemmi.read_monomer_lib(str(folder), names)
+    except (RuntimeError, ValueError) as exc:
+        raise InputError(f"cannot read the monomer library ({_first_line(exc)})", path=folder) from None
+    return lib, folder
+
+
+def _monlib_folder(monlib: str | os.PathLike[str] | None) -> Path:
+    if monlib is not None:
+        folder = Path(monlib)
+        if not folder.is_dir():
+            raise InputError("the monomer library is not a folder", path=folder)
+    elif os.environ.get("CLIBD_MON") and Path(os.environ["CLIBD_MON"]).is_dir():
+        folder = Path(os.environ["CLIBD_MON"])
+    else:
+        folder = BUNDLED_MONOMERS
+    if not (folder / "list" / "mon_lib_list.cif").is_file():
+        raise InputError("not a CCP4 monomer library (list/mon_lib_list.cif is missing)", path=folder)
+    return folder
+
+
+def _dictionary_path(folder: Path, name: str) -> Path:
+    return folder / name[0].lower() / f"{name}.cif"
+
+
+# -------------------------------------------------------------------------------- reflections
+def read_reflections(path: str | os.PathLike[str], *, labels: Sequence[str] | None = None,
+                     free_label: str | None = None, free_fraction: float = 0.05, seed: int = 0
+                     ) -> ReflectionData:
+    """Read merged data from an MTZ or a structure-factor mmCIF file (optionally gzipped).
+
+    Amplitudes (F with SIGF) are used where present, else intensities (I with SIGI) are converted by
+    French-Wilson. ``labels`` names the columns explicitly (``["FP", "SIGFP"]`` or ``["I", "SIGI"]``).
+    The free-flag column is found by its name (FreeR_flag, FREE, R-free-flags, ...) and its convention
+    by its values; where there is none, a free set of ``free_fraction`` is made (seeded, CCP4
+    convention) and the result says so in ``info["free_source"]``.
+    """
+    path = Path(path)
+    _require_file(path)
+    mtz = _read_as_mtz(path)
+    if mtz.nreflections == 0:
+        raise InputError("the reflection file has no reflections", path=path)
+    if len(mtz.batches) > 0:
+        raise InputError("unmerged data (the MTZ has batches): merge them first", path=path)
+    # indices in the reciprocal asymmetric unit, so that symmetry mates are one reflection
+    mtz.ensure_asu()
+    hkl_check = np.asarray(mtz.make_miller_array(), dtype=np.int32)
+    if np.unique(hkl_check, axis=0).shape[0] != hkl_check.shape[0]:
+        raise InputError("a reflection occurs more than once: the data are not merged", path=path)
+    sg = mtz.spacegroup
+    if sg is None:
+        raise InputError("the reflection file has no space group", path=path)
+    info: dict[str, object] = {"path": str(path)}
+    value_col, sigma_col, kind = _find_observation_columns(mtz, labels, path)
+    info["columns"] = [value_col.label, sigma_col.label]
+    hkl_all = np.asarray(mtz.make_miller_array(), dtype=np.int32)
+    values = np.asarray(value_col.array, dtype=float)
+    sigmas = np.asarray(sigma_col.array, dtype=float)
+    absent = np.asarray(sg.operations().systematic_absences(hkl_all), dtype=bool)
+    observed = np.isfinite(values) & np.isfinite(sigmas) & (sigmas > 0) & ~absent
+    if kind == "F":
+        observed &= values >= 0
+    rows = np.flatnonzero(observed)
+    if rows.size < 10:
+        raise InputError(f"only {rows.size} usable reflections in columns {value_col.label}/{sigma_col.label}",
+                         path=path)
+    hkl = hkl_all[rows]
+    free_col = _find_free_column(mtz, free_label, path)
+    if free_col is not None:
+        raw = np.asarray(free_col.array, dtype=float)
+        flag_values = raw[rows]
+        unflagged = ~np.isfinite(flag_values)
+        if np.all(unflagged):
+            raise InputError(f"the free-flag column {free_col.label} is empty", path=path)
+        free_value, convention = infer_free_convention(flag_values)
+        if np.any(unflagged):   # an observation without a flag is kept out of both sets: drop it
+            rows, hkl, flag_values = rows[~unflagged], hkl[~unflagged], flag_values[~unflagged]
+        flags = FreeFlags(flag_values.astype(np.int64), free_value)
+        info.update(free_label=free_col.label, free_value=free_value, free_convention=convention,
+                    free_source="file")
+    else:
+        n_folds = max(2, round(1.0 / free_fraction))
+        all_flags = KFold(n_folds, seed=seed).flags(mtz.nreflections)
+        flags = FreeFlags(all_flags.values[rows], 0)
+        info.update(free_label="FreeR_flag", free_value=0, free_source="made",
+                    free_convention=f"made here: CCP4 convention 0..{n_folds - 1}, 0 free, seed {seed}",
+                    made_flags=all_flags.values)
+    values, sigmas = values[rows], sigmas[rows]
+    data = ReflectionData(mtz.cell, sg, hkl, values, sigmas, flags, mtz, rows, info)
+    if kind == "I":
+        f, sf, kept = french_wilson(values, sigmas, data.s2, data.centric, data.epsilon)
+        info["french_wilson"] = {"rejected": int(np.count_nonzero(~kept))}
+        data = ReflectionData(mtz.cell, sg, hkl[kept], f[kept], sf[kept],
+                              FreeFlags(flags.values[kept], flags.free_value), mtz, rows[kept], info)
+        info["intensities"] = True
+    else:
+        info["intensities"] = False
+    if not np.any(data.free):
+        raise InputError("the free set is empty among the measured reflections", path=path)
+    if not np.any(data.work):
+        raise InputError("every measured reflection is free: there is no working set", path=path)
+    info["n_reflections"] = len(data)
+    info["n_free"] = int(np.count_nonzero(data.free))
+    return data
+
+
+def _read_as_mtz(path: Path) -> gemmi.Mtz:
+    name = path.name.lower().removesuffix(".gz")
+    if name.endswith(".mtz"):
+        try:
+            mtz = gemmi.read_mtz_file(str(path))
+        except (RuntimeError, ValueError, OSError) as exc:
+            raise InputError(f"cannot read the MTZ file ({_first_line(exc)})", path=path) from None
+        return mtz
+    try:
+        doc = gemmi.cif.read(str(path))
+        blocks = gemmi.as_refln_blocks(doc)
+    except (RuntimeError, ValueError, OSError) as exc:
+        raise InputError(f"cannot read the reflection file ({_first_line(exc)})", path=path) from None
+    blocks = [b for b in blocks if b.is_merged()] if blocks else []
+    if not blocks:
+        raise InputError("no merged reflections (_refln loop) in the file", path=path)
+    try:
+        return gemmi.CifToMtz().convert_block_to_mtz(blocks[0])
+    except (RuntimeError, ValueError) as exc:
+        raise InputError(f"cannot convert the reflections ({_first_line(exc)})", path=path) from None
+
+
+def _find_observation_columns(mtz: gemmi.Mtz, labels: Sequence[str] | None, path: Path
+                              ) -> tuple[gemmi.Mtz.Column, gemmi.Mtz.Column, str]:
+    columns = {c.label: c for c in mtz.columns}
+    if labels:
+        if len(labels) != 2:
+            raise InputError(f"--labels needs two column names (value,sigma), got {','.join(labels)}")
+        missing = [lab for lab in labels if lab not in columns]
+        if missing:
+            raise InputError(f"no column {', '.join(missing)} (columns: {', '.join(columns)})", path=path)
+        value, sigma = columns[labels[0]], columns[labels[1]]
+        if value.type not in "FJ" or sigma.type != "Q":
+            raise InputError(f"columns {labels[0]},{labels[1]} are not amplitude/intensity with sigma "
+                             f"(types {value.type},{sigma.type})", path=path)
+        return value, sigma, "F" if value.type == "F" else "I"
+    for kind in ("F", "J"):
+        for col in mtz.columns:
+            if col.type != kind or (kind == "F" and _CALCULATED.match(col.label)):
+                continue
+            sigma = _sigma_of(col, columns)
+            if sigma is not None:
+                return col, sigma, "F" if kind == "F" else "I"
+    anomalous = [c.label for c in mtz.columns if c.type in "GK"]
+    hint = f" (only anomalous columns {', '.join(anomalous)}: merge Friedel pairs first)" if anomalous else ""
+    raise InputError(f"no amplitude (F, SIGF) or intensity (I, SIGI) columns{hint}; columns: "
+                     f"{', '.join(columns)}", path=path)
+
+
+def _sigma_of(col: gemmi.Mtz.Column, columns: dict[str, gemmi.Mtz.Column]) -> gemmi.Mtz.Column | None:
+    label = col.label
+    candidates = [f"SIG{label}", f"SIG-{label}", f"{label}SIG", f"SIGMA{label}", f"SIG_{label}",
+                  label.replace("F", "SIGF", 1), label.replace("I", "SIGI", 1)]
+    if label.startswith(("F-", "I-")):                 # PHENIX: F-obs / SIGF-obs
+        candidates.append("SIG" + label)
+    for name in candidates:
+        if name in columns and columns[name].type == "Q":
+            return columns[name]
+    # otherwise the Q column right after it, as most programs write them
+    ordered = list(columns.values())
+    for i, other in enumerate(ordered[:-1]):
+        if other.label == label and ordered[i + 1].type == "Q":
+            return ordered[i + 1]
+    return None
+
+
+def _find_free_column(mtz: gemmi.Mtz, label: str | None, path: Path) -> gemmi.Mtz.Column | None:
+    columns = {c.label: c for c in mtz.columns}
+    if label is not None:
+        if label not in columns:
+            raise InputError(f"no free-flag column {label} (columns: {', '.join(columns)})", path=path)
+        return columns[label]
+    integer = [c for c in mtz.columns if c.type == "I" and _FREE_LABEL.search(c.label)]
+    if integer:
+        return integer[0]
+    other = [c for c in mtz.columns if c.type not in "HFJQPWDGK" and _FREE_LABEL.search(c.label)]
+    return other[0] if other else None
+
+
+# ------------------------------------------------------------------------------------ writing
+def write_model(st: gemmi.Structure, cif_path: str | os.PathLike[str] | None,
+                pdb_path: str | os.PathLike[str] | None) -> None:
+    """Write ``st`` as mmCIF and/or PDB, atomically."""
+    if cif_path is not None:
+        groups = gemmi.MmcifOutputGroups(True)
+        doc = st.make_mmcif_document(groups)
+        atomic_write_text(cif_path, doc.as_string())
+    if pdb_path is not None:
+        options = gemmi.PdbWriteOptions()
+        atomic_write_text(pdb_path, st.make_pdb_string(options))
+
+
+def write_mtz(path: str | os.PathLike[str], data: ReflectionData, columns: dict[str, tuple[str, np.ndarray]]
+              ) -> None:
+    """Write the observations, the free flags (as read: every row, unchanged) and extra per-observation
+    ``columns`` (label -> (MTZ type, values for the observations)) to an MTZ file, atomically."""
+    src = data.mtz
+    n = src.nreflections
+    out = gemmi.Mtz(with_base=True)
+    out.spacegroup = src.spacegroup
+    out.set_cell_for_all(src.cell)
+    out.title = "refinekit xtal refine"
+    out.add_dataset("refinekit")
+    out.datasets[-1].wavelength = src.datasets[-1].wavelength if len(src.datasets) else 0.0
+    table = [np.asarray(src.make_miller_array(), dtype=np.float32)]
+    labels: list[tuple[str, str]] = []
+    for label in data.info.get("columns", []):
+        col = src.column_with_label(label)
+        labels.append((col.label, col.type))
+        table.append(np.asarray(col.array, dtype=np.float32)[:, None])
+    free_label = str(data.info.get("free_label", "FreeR_flag"))
+    if data.info.get("free_source") == "file":
+        col = src.column_with_label(free_label)
+        flags = np.asarray(col.array, dtype=np.float32)      # bit-exact: the column as read
+    else:
+        flags = np.asarray(data.info["made_flags"], dtype=np.float32)
+    labels.append((free_label, "I"))
+    table.append(flags[:, None])
+    for label, (mtz_type, values) in columns.items():
+        full = np.full(n, np.nan, dtype=np.float32)
+        full[data.rows] = values
+        labels.append((label, mtz_type))
+        table.append(full[:, None])
+    for label, mtz_type in labels:
+        out.add_column(label, mtz_type)
+    out.set_data(np.hstack(table))
+    out.history = ["refinekit xtal refine"]
+    atomic_write_bytes(path, out.write_to_bytes())
+
+
+# ------------------------------------------------------------------------------------ helpers
+def _require_file(path: Path) -> None:
+    if not path.exists():
+        raise InputError("no such file", path=path)
+    if path.is_dir():
+        raise InputError("is a directory", path=path)
+    if not os.access(path, os.R_OK):
+        raise InputError("permission denied", path=path)
+    if path.stat().st_size == 0:
+        raise InputError("the file is empty", path=path)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

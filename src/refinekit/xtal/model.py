@@ -1,0 +1,186 @@
+"""The atomic model under refinement: a gemmi structure, its topology from the monomer library, the
+riding hydrogens, and the vector of refined parameters (coordinates and B-factors of non-hydrogen
+atoms; optionally occupancies of partially occupied atoms).
+
+Riding hydrogens are constrained, not refined: after every change of the heavy atoms gemmi places them
+again from the dictionaries (``prepare_topology`` with ``ReAddButWater``), with their parent's B; their
+scattering enters the structure factors and their derivatives are passed on to the parent atom.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import dataclass
+
+import gemmi
+import numpy as np
+
+from ..core import InputError
+from .restraints import GeometryRestraints
+from .sfcalc import AtomArrays, form_factor_gaussians
+
+B_MIN = 2.0
+B_MAX = 300.0
+
+
+@dataclass
+class ParameterLayout:
+    """Where each refined quantity sits in the parameter vector: ``3 * n`` coordinates, then ``n``
+    B-factors, then ``n_occ`` occupancies (of the atoms ``occ_atoms``, indices into the heavy atoms)."""
+
+    n: int
+    n_occ: int = 0
+
+    @property
+    def size(self) -> int:
+        return 4 * self.n + self.n_occ
+
+    def xyz(self, x: np.ndarray) -> np.ndarray:
+        return x[: 3 * self.n].reshape(self.n, 3)
+
+    def b(self, x: np.ndarray) -> np.ndarray:
+        return x[3 * self.n: 4 * self.n]
+
+    def occ(self, x: np.ndarray) -> np.ndarray:
+        return x[4 * self.n:]
+
+
+class AtomicModel:
+    """A structure prepared for refinement (hydrogens placed, topology built, restraints indexed)."""
+
+    def __init__(self, structure: gemmi.Structure, monlib: gemmi.MonLib, *, hydrogens: bool = True,
+                 refine_occupancy: bool = False) -> None:
+        st = structure.clone()
+        st.remove_empty_chains()
+        for cra in st[0].all():
+            if cra.atom.aniso.nonzero():      # isotropic refinement: start from the equivalent B
+                cra.atom.b_iso = float(cra.atom.b_eq()) if hasattr(cra.atom, "b_eq") else cra.atom.b_iso
+                cra.atom.aniso = gemmi.SMat33f(0, 0, 0, 0, 0, 0)
+        self.hydrogens = hydrogens
+        if not hydrogens:
+            st.remove_hydrogens()
+        self.structure = st
+        self.monlib = monlib
+        self.warnings = io.StringIO()
+        self.topo = self._prepare(st)
+        self._refresh_atoms()
+        heavy = ~self.is_h
+        self.heavy = np.flatnonzero(heavy)
+        self.n_heavy = int(self.heavy.size)
+        self.heavy_names = [self._key(k) for k in self.heavy]
+        self.parent = self._riding_parents()
+        # parameter block of every atom: its own for heavy atoms, its parent's for riding hydrogens
+        block = np.full(len(self.atoms), -1, dtype=np.int64)
+        block[self.heavy] = np.arange(self.n_heavy)
+        hyd = np.flatnonzero(self.is_h)
+        block[hyd] = block[self.parent[hyd]]
+        self.block = block
+        occ = np.array([a.occ for a in self.atoms])
+        self.occ_atoms = (np.flatnonzero(occ[self.heavy] < 1.0) if refine_occupancy
+                          else np.zeros(0, dtype=np.int64))
+        self.layout = ParameterLayout(self.n_heavy, int(self.occ_atoms.size))
+        residues = [cra.residue for cra in st[0].all()]
+        self.restraints = GeometryRestraints.from_topology(self.topo, self.atoms, monlib, residues,
+                                                           skip=self.is_h)
+        self.gauss_a, self.gauss_b = form_factor_gaussians([a.element for a in self.atoms])
+
+    # ------------------------------------------------------------------------------ topology
+    def _prepare(self, st: gemmi.Structure) -> gemmi.Topo:
+        change = gemmi.HydrogenChange.ReAddButWater if self.hydrogens else gemmi.HydrogenChange.NoChange
+        try:
+            topo = gemmi.prepare_topology(st, self.monlib, h_change=change, warnings=self.warnings,
+                                          ignore_unknown_links=True)
+        except (RuntimeError, ValueError) as exc:
+            raise InputError(f"cannot build the restraints of the model ({_first_line(exc)})") from None
+        st.assign_serial_numbers()
+        return topo
+
+    def _refresh_atoms(self) -> None:
+        self.atoms: list[gemmi.Atom] = [cra.atom for cra in self.structure[0].all()]
+        self.is_h = np.array([a.is_hydrogen() for a in self.atoms], dtype=bool)
+
+    def _key(self, k: int) -> tuple[str, str]:
+        return self.atoms[k].name, self.atoms[k].altloc
+
+    def _riding_parents(self) -> np.ndarray:
+        parent = np.full(len(self.atoms), -1, dtype=np.int64)
+        for bond in self.topo.bonds:
+            a, b = (at.serial - 1 for at in bond.atoms)
+            if self.is_h[a] and not self.is_h[b]:
+                parent[a] = b
+            elif self.is_h[b] and not self.is_h[a]:
+                parent[b] = a
+        orphans = np.flatnonzero(self.is_h & (parent < 0))
+        if orphans.size:
+            names = ", ".join(self.atoms[k].name for k in orphans[:5])
+            raise InputError(f"hydrogen atom(s) {names} are bonded to no heavy atom in the dictionaries")
+        return parent
+
+    # ---------------------------------------------------------------------------- parameters
+    def initial_parameters(self) -> np.ndarray:
+        xyz = np.array([self.atoms[k].pos.tolist() for k in self.heavy], dtype=float).reshape(-1, 3)
+        b = np.array([self.atoms[k].b_iso for k in self.heavy], dtype=float)
+        b = np.clip(b, B_MIN, B_MAX)
+        occ = np.array([self.atoms[k].occ for k in self.heavy[self.occ_atoms]], dtype=float)
+        return np.concatenate([xyz.ravel(), b, occ])
+
+    def set_parameters(self, x: np.ndarray) -> None:
+        """Put ``x`` into the structure and place the riding hydrogens again."""
+        lay = self.layout
+        xyz, b, occ = lay.xyz(x), lay.b(x), lay.occ(x)
+        for k, atom_index in enumerate(self.heavy):
+            atom = self.atoms[atom_index]
+            atom.pos = gemmi.Position(*xyz[k])
+            atom.b_iso = float(b[k])
+        for k, heavy_index in enumerate(self.occ_atoms):
+            self.atoms[self.heavy[heavy_index]].occ = float(occ[k])
+        if self.hydrogens and np.any(self.is_h):
+            self.topo = self._prepare(self.structure)
+            self._refresh_atoms()
+            if len(self.atoms) != self.block.size:
+                raise RuntimeError("placing the riding hydrogens changed the number of atoms")
+
+    def atom_arrays(self) -> AtomArrays:
+        xyz = np.array([a.pos.tolist() for a in self.atoms], dtype=float).reshape(-1, 3)
+        b = np.array([a.b_iso for a in self.atoms], dtype=float)
+        occ = np.array([a.occ for a in self.atoms], dtype=float)
+        return AtomArrays(xyz, b, occ, self.gauss_a, self.gauss_b)
+
+    def fold_gradient(self, g_xyz: np.ndarray, g_b: np.ndarray, g_occ: np.ndarray | None) -> np.ndarray:
+        """Per-atom derivatives -> derivatives by the parameters (riding hydrogens pass theirs to the
+        parent; a hydrogen's B follows its parent's)."""
+        n = self.n_heavy
+        px = np.zeros((n, 3))
+        pb = np.zeros(n)
+        np.add.at(px, self.block, g_xyz)
+        np.add.at(pb, self.block, g_b)
+        parts = [px.ravel(), pb]
+        if self.layout.n_occ:
+            occ_grad = np.zeros(self.layout.n_occ)
+            if g_occ is not None:
+                occ_grad = g_occ[self.heavy[self.occ_atoms]]
+            parts.append(occ_grad)
+        return np.concatenate(parts)
+
+    def residue_names(self) -> list[str]:
+        return sorted(self.structure[0].get_all_residue_names())
+
+    def output_structure(self, *, keep_hydrogens: bool = True) -> gemmi.Structure:
+        st = self.structure.clone()
+        if not keep_hydrogens:
+            st.remove_hydrogens()
+        return st
+
+    def count(self) -> dict[str, int]:
+        return {"atoms": len(self.atoms), "hydrogens": int(self.is_h.sum()), "refined_atoms": self.n_heavy,
+                "refined_occupancies": int(self.layout.n_occ)}
+
+    def mean_b(self) -> float:
+        b = np.array([self.atoms[k].b_iso for k in self.heavy])
+        return float(b.mean()) if b.size else math.nan
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

@@ -1,0 +1,332 @@
+"""The crystallographic refinement problem on the engine: check = R_work/R_free and geometry of a model,
+correct = one macro-cycle of restrained coordinate and B-factor refinement.
+
+One correction: refit the scales, the bulk solvent and the target's parameters (sigma-A) to the current
+model; then a few Gauss-Newton steps on ``weight * X-ray target + restraints``, each solving
+``(weight * F + R) delta = -g`` by conjugate gradients, where ``g`` is the gradient (X-ray part by FFT),
+``F`` the diagonal of the X-ray Fisher information and ``R`` the exact Gauss-Newton matrix of the
+restraints (sparse); a line search along ``delta`` keeps every step downhill.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import gemmi
+import numpy as np
+from scipy import sparse
+from scipy.sparse import linalg as splinalg
+
+from ..core import RefinementProblem, Scores, Status, StopRefinement
+from .fmodel import Scale, agreement, fit_scale
+from .model import B_MAX, B_MIN, AtomicModel
+from .reflections import ReflectionData
+from .sfcalc import AtomArrays, StructureFactorCalculator
+from .targets import LeastSquares, MaximumLikelihood, make_target
+from .twin import TwinModel
+
+
+@dataclass
+class _Evaluation:
+    """Everything computed for one parameter vector."""
+
+    x: np.ndarray
+    arrays: AtomArrays
+    fc: np.ndarray
+    fc_mate: np.ndarray | None = None
+
+
+class XtalRefinementProblem(RefinementProblem):
+    """Restrained refinement of coordinates and isotropic B-factors against amplitudes.
+
+    ``weight`` multiplies the X-ray target against the restraints (1 is the Bayesian balance);
+    ``steps_per_cycle`` Gauss-Newton steps make one correction.
+    """
+
+    def __init__(self, model: AtomicModel, data: ReflectionData, *, target: str = "ml", weight: float = 1.0,
+                 adp_weight: float = 1.0, steps_per_cycle: int = 2, max_shift: float = 0.5,
+                 twin: TwinModel | None = None, solvent: bool = True, grid_rate: float = 1.25) -> None:
+        self.model = model
+        self.data = data
+        self.target_name = target
+        self.target = make_target(target, data)
+        self.weight = float(weight)
+        self.adp_weight = float(adp_weight)
+        self.steps_per_cycle = int(steps_per_cycle)
+        self.max_shift = float(max_shift)
+        self.twin = twin
+        self.solvent = solvent
+        b_now = model.initial_parameters()[3 * model.n_heavy: 4 * model.n_heavy]
+        self.calc = StructureFactorCalculator(data.cell, data.spacegroup, self._all_hkl(), data.d_min,
+                                              b_min=float(np.clip(b_now.min(initial=B_MIN), B_MIN, 10.0)),
+                                              rate=grid_rate)
+        self.masker = gemmi.SolventMasker(gemmi.AtomicRadiiSet.Refmac)
+        self.n_ops = len(data.spacegroup.operations())   # copies of an atom in the cell (centring too)
+        self._cache: _Evaluation | None = None
+        self._fmask: np.ndarray | None = None
+        self._scale: Scale | None = None
+        self._x0 = model.initial_parameters()
+        self.history_extra: list[dict[str, Any]] = []
+        self.last_line_search: list[float] = []
+
+    # ------------------------------------------------------------------------------ helpers
+    def _all_hkl(self) -> np.ndarray:
+        """Reflections whose Fc is needed: the observed ones, and their twin mates."""
+        if self.twin is None:
+            return self.data.hkl
+        return np.concatenate([self.data.hkl, self.twin.mate_hkl])
+
+    def _evaluate(self, x: np.ndarray) -> _Evaluation:
+        if self._cache is not None and np.array_equal(self._cache.x, x):
+            return self._cache
+        self.model.set_parameters(x)
+        arrays = self.model.atom_arrays()
+        fc_all = self.calc.atomic(self.model.structure[0])
+        n = len(self.data)
+        fc, mate = fc_all[:n], (fc_all[n:] if self.twin is not None else None)
+        self._cache = _Evaluation(x.copy(), arrays, fc, mate)
+        return self._cache
+
+    def _refresh_solvent_and_scale(self, ev: _Evaluation) -> None:
+        """Bulk-solvent mask and scale factors for the model ``ev`` (once per cycle)."""
+        if self.solvent:
+            fmask_all = self.calc.solvent(self.model.structure[0], self.masker)
+        else:
+            fmask_all = np.zeros(self.calc.hkl.shape[0], dtype=complex)
+        n = len(self.data)
+        self._fmask = fmask_all
+        if self.twin is None:
+            self._scale = fit_scale(self.data, ev.fc, fmask_all[:n] if self.solvent else None)
+        else:
+            self._scale = self.twin.fit(self.data, ev.fc, fmask_all[:n], ev.fc_mate, fmask_all[n:],
+                                        solvent=self.solvent)
+
+    def f_model(self, ev: _Evaluation) -> np.ndarray:
+        """Complex Fmodel (untwinned) at the observed reflections."""
+        assert self._scale is not None and self._fmask is not None
+        n = len(self.data)
+        return self._scale.k_aniso * (ev.fc + self._scale.k_mask * self._fmask[:n])
+
+    def _fm_abs(self, ev: _Evaluation) -> np.ndarray:
+        fm = self.f_model(ev)
+        if self.twin is None:
+            return np.abs(fm)
+        return self.twin.amplitudes(fm, self._mate_model(ev))
+
+    def _mate_model(self, ev: _Evaluation) -> np.ndarray:
+        assert self.twin is not None and self._scale is not None and self._fmask is not None
+        n = len(self.data)
+        return self.twin.mate_scale(self._scale) * (ev.fc_mate + self.twin.mate_k_mask(self._scale)
+                                                     * self._fmask[n:])
+
+    # ----------------------------------------------------------------------------- protocol
+    def initial(self) -> np.ndarray:
+        x0 = self._x0.copy()
+        ev = self._evaluate(x0)
+        self._refresh_solvent_and_scale(ev)
+        self.model.restraints.update_contacts(ev.arrays.xyz, self.data.cell, self.data.spacegroup)
+        return x0
+
+    def check(self, x: np.ndarray) -> Scores:
+        ev = self._evaluate(x)
+        self._refresh_solvent_and_scale(ev)
+        fm_abs = self._fm_abs(ev)
+        agree = agreement(self.data, fm_abs)
+        stats = self.model.restraints.statistics(ev.arrays.xyz)
+        restraint = self.model.restraints.evaluate(ev.arrays.xyz, ev.arrays.b_iso, adp_weight=self.adp_weight)
+        figures = {"r_work": agree.r_work, "r_free": agree.r_free, "cc_work": agree.cc_work,
+                   "cc_free": agree.cc_free, **stats,
+                   "mean_b": float(np.mean(self.model.layout.b(x))),
+                   "k_sol": self._scale.k_sol if self._scale else math.nan,
+                   "b_sol": self._scale.b_sol if self._scale else math.nan}
+        if self.twin is not None:
+            figures["twin_fraction"] = self.twin.fraction
+        return Scores(work=agree.r_work, free=agree.r_free, restraint=restraint.value, figures=figures)
+
+    def step_size(self, x: np.ndarray, step: np.ndarray) -> float:
+        """RMS coordinate shift of the correction, in Å."""
+        lay = self.model.layout
+        shifts = lay.xyz(step)
+        return float(np.sqrt(np.mean(np.sum(shifts**2, axis=1)))) if shifts.size else 0.0
+
+    def is_finite(self, x: np.ndarray) -> bool:
+        return bool(np.all(np.isfinite(x)))
+
+    def correct(self, x: np.ndarray, scores: Scores) -> np.ndarray:
+        ev = self._evaluate(x)
+        self.target.prepare(self._fm_abs(ev))
+        self.model.restraints.update_contacts(ev.arrays.xyz, self.data.cell, self.data.spacegroup)
+        x_new = x.copy()
+        for _ in range(self.steps_per_cycle):
+            moved = self._gauss_newton_step(x_new)
+            if moved is None:
+                break
+            x_new = moved
+        if np.array_equal(x_new, x):
+            raise StopRefinement(Status.CONVERGED, "converged: no step along the Gauss-Newton direction lowers "
+                                                   "the target")
+        return x_new - x
+
+    # --------------------------------------------------------------------------- the step
+    def total(self, x: np.ndarray) -> float:
+        """weight * X-ray target + restraints, with this cycle's scales and mask."""
+        ev = self._evaluate(x)
+        xray = self.target.value(self._fm_abs(ev), self.data.work)
+        geom = self.model.restraints.evaluate(ev.arrays.xyz, ev.arrays.b_iso, adp_weight=self.adp_weight)
+        return self.weight * xray + geom.value
+
+    def value_and_gradient(self, x: np.ndarray) -> tuple[float, np.ndarray, np.ndarray, Any]:
+        """Total value, its gradient by the parameters, the X-ray Fisher diagonal, and the restraint
+        evaluation (with Gauss-Newton matrices)."""
+        ev = self._evaluate(x)
+        model, data = self.model, self.data
+        fm = self.f_model(ev)
+        if self.twin is None:
+            fm_abs = np.abs(fm)
+            terms = self.target.terms(fm_abs, data.work)
+            unit = np.where(fm_abs > 0, fm / np.maximum(fm_abs, 1e-30), 0.0)
+            d_fc = self._scale.k_aniso * terms.d_fm * unit
+            curvature_k2 = terms.curvature * self._scale.k_aniso**2
+        else:
+            mate = self._mate_model(ev)
+            fm_abs = self.twin.amplitudes(fm, mate)
+            terms = self.target.terms(fm_abs, data.work)
+            d_fc, curvature_k2 = self.twin.chain_rule(fm, mate, fm_abs, terms.d_fm, terms.curvature,
+                                                      self._scale)
+        g_xyz, g_b, g_occ = self.calc.gradient(d_fc, ev.arrays, want_occ=model.layout.n_occ > 0)
+        restr = model.restraints.evaluate(ev.arrays.xyz, ev.arrays.b_iso, adp_weight=self.adp_weight,
+                                          with_hessian=True, param_of_atom=model.block, n_params=model.n_heavy)
+        grad = self.weight * model.fold_gradient(g_xyz, g_b, g_occ)
+        grad += model.fold_gradient(restr.grad_xyz, restr.grad_b, None)
+        fisher = self.weight * self._fisher_diagonal(ev.arrays, curvature_k2)
+        value = self.weight * terms.value + restr.value
+        return value, grad, fisher, restr
+
+    def _fisher_diagonal(self, arrays: AtomArrays, curvature_k2: np.ndarray) -> np.ndarray:
+        """Expected curvature of the X-ray target by each parameter, on the assumption that the atoms'
+        contributions have random phases: sum over reflections of W k^2 |dFc/dp|^2 / 2, with the
+        reflections binned in 1/d^2 and IT92 form factors at the bin centres."""
+        model = self.model
+        s2 = self.calc.s2[: len(self.data)]
+        n_shells = 40
+        edges = np.linspace(0.0, s2.max() * (1 + 1e-9), n_shells + 1)
+        shell = np.clip(np.digitize(s2, edges) - 1, 0, n_shells - 1)
+        w_sum = np.bincount(shell, weights=curvature_k2, minlength=n_shells)
+        centre = np.bincount(shell, weights=s2, minlength=n_shells) / np.maximum(
+            np.bincount(shell, minlength=n_shells), 1)
+        # f(s) exp(-B s^2/4) for every atom and shell: Gaussians of the IT92 fit
+        b = arrays.b_iso[:, None, None]
+        gauss = arrays.gauss_a[:, None, :] * np.exp(-(arrays.gauss_b[:, None, :] + b) * centre[None, :, None] / 4)
+        f2 = (arrays.occ[:, None] * gauss.sum(axis=2)) ** 2                    # (atoms, shells)
+        base = 0.5 * self.n_ops * f2 * w_sum[None, :]
+        xyz_diag = (4 * math.pi**2 / 3) * base @ centre                        # per Cartesian component
+        b_diag = base @ (centre**2 / 16)
+        n = model.n_heavy
+        fx = np.zeros(n)
+        fb = np.zeros(n)
+        np.add.at(fx, model.block, xyz_diag)
+        np.add.at(fb, model.block, b_diag)
+        parts = [np.repeat(fx, 3), fb]
+        if model.layout.n_occ:
+            occ_diag = 0.5 * self.n_ops * (gauss.sum(axis=2) ** 2 * w_sum[None, :]).sum(axis=1)
+            parts.append(occ_diag[model.heavy[model.occ_atoms]])
+        return np.concatenate(parts)
+
+    def _gauss_newton_step(self, x: np.ndarray) -> np.ndarray | None:
+        lay = self.model.layout
+        n = lay.n
+        value, grad, fisher, restr = self.value_and_gradient(x)
+        # the xyz block: Fisher diagonal + restraint Gauss-Newton matrix; the B block likewise
+        h_xyz = restr.hessian_xyz + sparse.diags(fisher[: 3 * n])
+        h_b = sparse.diags(fisher[3 * n: 4 * n])
+        if restr.hessian_b is not None:
+            h_b = h_b + restr.hessian_b
+        delta = np.zeros_like(x)
+        delta[: 3 * n] = _solve(h_xyz, -grad[: 3 * n])
+        delta[3 * n: 4 * n] = _solve(h_b.tocsr(), -grad[3 * n: 4 * n])
+        if lay.n_occ:
+            delta[4 * n:] = -grad[4 * n:] / np.maximum(fisher[4 * n:], 1e-12)
+        # no atom moves more than max_shift in one step, no B more than 20 Å^2
+        shifts = np.sqrt(np.sum(lay.xyz(delta) ** 2, axis=1))
+        limit = min(1.0, self.max_shift / max(float(shifts.max(initial=0.0)), 1e-12))
+        b_limit = min(1.0, 20.0 / max(float(np.abs(lay.b(delta)).max(initial=0.0)), 1e-12))
+        delta[: 3 * n] *= limit
+        delta[3 * n: 4 * n] *= b_limit
+        slope = float(grad @ delta)
+        if not slope < 0:
+            return None
+        return self._line_search(x, delta, value, slope)
+
+    def _line_search(self, x: np.ndarray, delta: np.ndarray, f0: float, slope: float) -> np.ndarray | None:
+        """Armijo backtracking from the full step, with one quadratic refinement of the step length."""
+        alpha = 1.0
+        tried: list[float] = []
+        best_x, best_f = None, f0
+        for _ in range(6):
+            trial = self._bounded(x + alpha * delta)
+            f1 = self.total(trial)
+            tried.append(alpha)
+            if f1 < best_f:
+                best_x, best_f = trial, f1
+            if f1 <= f0 + 1e-4 * alpha * slope:
+                # the minimum of the parabola through f0, slope and f1, if it is further out
+                denom = 2.0 * (f1 - f0 - slope * alpha)
+                if denom > 0 and len(tried) == 1:
+                    a_star = -slope * alpha**2 / denom
+                    if 1.3 * alpha < a_star <= 3.0 * alpha:
+                        trial2 = self._bounded(x + a_star * delta)
+                        f2 = self.total(trial2)
+                        tried.append(a_star)
+                        if f2 < best_f:
+                            best_x, best_f = trial2, f2
+                break
+            # backtrack to the parabola's minimum, but not by more than a factor of ten
+            denom = 2.0 * (f1 - f0 - slope * alpha)
+            a_new = -slope * alpha**2 / denom if denom > 0 else 0.5 * alpha
+            alpha = float(np.clip(a_new, 0.1 * alpha, 0.5 * alpha))
+        self.last_line_search = tried
+        return best_x
+
+    def _bounded(self, x: np.ndarray) -> np.ndarray:
+        lay = self.model.layout
+        out = x.copy()
+        n = lay.n
+        out[3 * n: 4 * n] = np.clip(out[3 * n: 4 * n], B_MIN, B_MAX)
+        if lay.n_occ:
+            out[4 * n:] = np.clip(out[4 * n:], 0.0, 1.0)
+        return out
+
+    # ---------------------------------------------------------------------------- outputs
+    def f_model_of(self, x: np.ndarray) -> np.ndarray:
+        """Complex Fmodel of ``x`` with freshly fitted scales (for map coefficients)."""
+        ev = self._evaluate(x)
+        self._refresh_solvent_and_scale(ev)
+        return self.f_model(ev)
+
+    def sigmaa_for(self, x: np.ndarray) -> Any:
+        ev = self._evaluate(x)
+        fm_abs = self._fm_abs(ev)
+        if isinstance(self.target, MaximumLikelihood):
+            self.target.prepare(fm_abs)
+            return self.target.sigmaa
+        helper = MaximumLikelihood(self.data)
+        helper.prepare(fm_abs)
+        return helper.sigmaa
+
+    @property
+    def scale(self) -> Scale | None:
+        return self._scale
+
+
+def _solve(matrix: sparse.spmatrix, rhs: np.ndarray) -> np.ndarray:
+    """Preconditioned conjugate gradients (Jacobi), a loose tolerance: the line search follows."""
+    diag = matrix.diagonal()
+    inv = np.where(diag > 0, 1.0 / np.where(diag > 0, diag, 1.0), 0.0)
+    precond = splinalg.LinearOperator(matrix.shape, matvec=lambda v: inv * v)
+    solution, _ = splinalg.cg(matrix, rhs, rtol=1e-2, maxiter=100, M=precond)
+    return solution
+
+
+__all__ = ["LeastSquares", "MaximumLikelihood", "XtalRefinementProblem"]

@@ -1,0 +1,200 @@
+"""X-ray targets on amplitudes: least squares and maximum likelihood (sigma-A), with their derivatives
+by |Fmodel| and the expected curvature used to scale the correction step.
+
+Both are written so that a weight of 1 against the restraints is the Bayesian balance: the ML target
+is twice the negative log-likelihood (the restraints are sums of squared Z-scores), and the LS target
+divides each squared difference by its resolution shell's mean square difference.
+
+ML (Read 1986; Pannu & Read 1996; Murshudov et al. 1997): with ``Fc = |Fmodel|``, per resolution bin a
+scale ``D`` and an error variance ``S``, and the measurement error folded in,
+acentric ``p(Fo) = 2 Fo / V exp(-(Fo^2 + D^2 Fc^2) / V) I0(2 Fo D Fc / V)``, ``V = eps S + 2 sigma^2``;
+centric ``p(Fo) = sqrt(2 / (pi V)) exp(-(Fo^2 + D^2 Fc^2) / (2 V)) cosh(Fo D Fc / V)``, ``V = eps S + sigma^2``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import optimize, special
+
+from .reflections import ReflectionData
+
+
+@dataclass
+class TargetTerms:
+    """Per-reflection pieces of a target: its value summed over ``mask``, dT/d|Fm| and the expected
+    curvature d2T/d|Fm|2 (zero outside the mask)."""
+
+    value: float
+    d_fm: np.ndarray
+    curvature: np.ndarray
+
+
+class SigmaA:
+    """ML parameters D and S per resolution bin, fitted to a set of reflections."""
+
+    def __init__(self, data: ReflectionData, *, n_per_bin: int = 500, max_bins: int = 20) -> None:
+        self.data = data
+        self.bins = data.bins(n_per_bin=n_per_bin, max_bins=max_bins)
+        self.n_bins = int(self.bins.max()) + 1
+        self.d = np.ones(self.n_bins)
+        self.s = np.ones(self.n_bins)
+        self.fitted = False
+
+    def per_reflection(self) -> tuple[np.ndarray, np.ndarray]:
+        """(D, V) at every reflection, V the total variance of the distribution."""
+        data = self.data
+        var = data.epsilon * self.s[self.bins] + np.where(data.centric, 1.0, 2.0) * data.sigma**2
+        return self.d[self.bins], var
+
+    def fit(self, fm_abs: np.ndarray, use: np.ndarray) -> None:
+        """Maximise the likelihood of the reflections ``use`` over D >= 0 and S > 0, bin by bin."""
+        data = self.data
+        fo, fc, bins = data.f_obs[use], fm_abs[use], self.bins[use]
+        eps, cen, sig = data.epsilon[use], data.centric[use], data.sigma[use]
+        counts = np.bincount(bins, minlength=self.n_bins).astype(float)
+        # start: D from the linear regression of Fo on Fc, S from what remains
+        sum_fofc = np.bincount(bins, weights=fo * fc, minlength=self.n_bins)
+        sum_fcfc = np.bincount(bins, weights=fc * fc, minlength=self.n_bins)
+        d0 = np.clip(sum_fofc / np.maximum(sum_fcfc, 1e-30), 0.05, 2.0)
+        resid = (fo - d0[bins] * fc) ** 2 / eps
+        s0 = np.maximum(np.bincount(bins, weights=resid, minlength=self.n_bins) / np.maximum(counts, 1), 1e-6)
+        if self.fitted:                         # the previous cycle's values are the better start
+            d0, s0 = self.d.copy(), self.s.copy()
+        scale = s0.copy()                       # optimise log(S / s0): all of order one
+        n = self.n_bins
+
+        def objective(p: np.ndarray) -> tuple[float, np.ndarray]:
+            d = p[:n]
+            s = scale * np.exp(p[n:])
+            value, g_d, g_v = _ml_terms(fo, fc, d[bins], eps * s[bins] + np.where(cen, 1.0, 2.0) * sig**2,
+                                        cen, want="params")
+            grad_d = np.bincount(bins, weights=g_d, minlength=n)
+            grad_log_s = np.bincount(bins, weights=g_v * eps * s[bins], minlength=n)
+            return value, np.concatenate([grad_d, grad_log_s])
+
+        start = np.concatenate([d0, np.zeros(n)])
+        bounds = [(0.0, 5.0)] * n + [(-12.0, 8.0)] * n
+        res = optimize.minimize(objective, start, jac=True, method="L-BFGS-B", bounds=bounds,
+                                options={"maxiter": 200})
+        self.d = res.x[:n]
+        self.s = scale * np.exp(res.x[n:])
+        self.fitted = True
+
+    def figures(self) -> dict[str, float]:
+        return {"sigmaa_d_mean": float(np.mean(self.d))}
+
+
+def _ml_terms(fo: np.ndarray, fc: np.ndarray, d: np.ndarray, var: np.ndarray, centric: np.ndarray,
+              want: str = "fc") -> tuple[float, np.ndarray, np.ndarray]:
+    """-log-likelihood summed, and either (d/dFc, curvature) or (d/dD, d/dV), per reflection."""
+    acen = ~centric
+    x = np.where(acen, 2.0, 1.0) * fo * d * fc / var
+    # log I0(x) and I1/I0 (acentric); log cosh(x) and tanh(x) (centric)
+    log_i0 = np.log(special.i0e(x)) + x
+    m_a = special.i1e(x) / special.i0e(x)
+    log_cosh = x + np.log1p(np.exp(-2.0 * x)) - math.log(2.0)
+    m_c = np.tanh(x)
+    with np.errstate(divide="ignore"):
+        nll_a = np.log(var) - np.log(2.0 * np.maximum(fo, 1e-30)) + (fo**2 + (d * fc) ** 2) / var - log_i0
+    nll_c = 0.5 * np.log(0.5 * math.pi * var) + (fo**2 + (d * fc) ** 2) / (2.0 * var) - log_cosh
+    value = float(np.sum(np.where(acen, nll_a, nll_c)))
+    m = np.where(acen, m_a, m_c)
+    k = np.where(acen, 2.0, 1.0)            # acentric terms carry a factor 2 in these formulas
+    if want == "params":
+        g_d = k * (d * fc**2 - m * fo * fc) / var
+        g_v = np.where(acen, 1.0 / var - (fo**2 + (d * fc) ** 2) / var**2 + m * x / var,
+                       0.5 / var - (fo**2 + (d * fc) ** 2) / (2 * var**2) + m * x / var)
+        return value, g_d, g_v
+    d_fc = k * (d * d * fc - m * fo * d) / var
+    # expected curvature: the Fisher information of Fc, approximated by its Gaussian part times the
+    # figure of merit squared (a sharp posterior phase gives the full k D^2 / V)
+    curvature = k * d * d / var * np.maximum(m * m, 0.05)
+    return value, d_fc, curvature
+
+
+class MaximumLikelihood:
+    """Twice the negative log-likelihood of the working amplitudes (sigma-A, Rice/Woolfson)."""
+
+    name = "ml"
+
+    def __init__(self, data: ReflectionData) -> None:
+        self.data = data
+        self.sigmaa = SigmaA(data)
+
+    def prepare(self, fm_abs: np.ndarray) -> None:
+        """Refit D and S to the working set for this model (once per cycle)."""
+        self.sigmaa.fit(fm_abs, self.data.work)
+
+    def terms(self, fm_abs: np.ndarray, mask: np.ndarray) -> TargetTerms:
+        data = self.data
+        d, var = self.sigmaa.per_reflection()
+        value, d_fc, curv = _ml_terms(data.f_obs[mask], fm_abs[mask], d[mask], var[mask], data.centric[mask])
+        full_d = np.zeros(len(data))
+        full_c = np.zeros(len(data))
+        full_d[mask] = 2.0 * d_fc
+        full_c[mask] = 2.0 * curv
+        return TargetTerms(2.0 * value, full_d, full_c)
+
+    def value(self, fm_abs: np.ndarray, mask: np.ndarray) -> float:
+        data = self.data
+        d, var = self.sigmaa.per_reflection()
+        value, _, _ = _ml_terms(data.f_obs[mask], fm_abs[mask], d[mask], var[mask], data.centric[mask],
+                                want="params")
+        return 2.0 * value
+
+
+class LeastSquares:
+    """Sum over the working set of (Fo - |Fm|)^2 / v, v the mean square difference of its shell."""
+
+    name = "ls"
+
+    def __init__(self, data: ReflectionData) -> None:
+        self.data = data
+        self.bins = data.bins(n_per_bin=500, max_bins=20)
+        self.variance = np.ones(len(data))
+
+    def prepare(self, fm_abs: np.ndarray) -> None:
+        data = self.data
+        work = data.work
+        n_bins = int(self.bins.max()) + 1
+        diff2 = (data.f_obs - fm_abs) ** 2
+        sums = np.bincount(self.bins[work], weights=diff2[work], minlength=n_bins)
+        counts = np.maximum(np.bincount(self.bins[work], minlength=n_bins), 1)
+        per_bin = np.maximum(sums / counts, 1e-12)
+        self.variance = per_bin[self.bins]
+
+    def terms(self, fm_abs: np.ndarray, mask: np.ndarray) -> TargetTerms:
+        data = self.data
+        diff = np.where(mask, data.f_obs - fm_abs, 0.0)
+        value = float(np.sum(diff**2 / self.variance))
+        return TargetTerms(value, -2.0 * diff / self.variance, np.where(mask, 2.0 / self.variance, 0.0))
+
+    def value(self, fm_abs: np.ndarray, mask: np.ndarray) -> float:
+        diff = self.data.f_obs[mask] - fm_abs[mask]
+        return float(np.sum(diff**2 / self.variance[mask]))
+
+
+def make_target(name: str, data: ReflectionData) -> MaximumLikelihood | LeastSquares:
+    if name == "ml":
+        return MaximumLikelihood(data)
+    if name == "ls":
+        return LeastSquares(data)
+    raise ValueError(f"unknown target {name!r} (ml or ls)")
+
+
+def map_coefficients(data: ReflectionData, f_model: np.ndarray, sigmaa: SigmaA
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """sigma-A weighted map coefficients ``2mFo-DFc`` and ``mFo-DFc`` (complex, phases of Fmodel) and the
+    figure of merit m. Centric reflections get ``mFo`` in the first map, as refmac writes them."""
+    fm_abs = np.abs(f_model)
+    d, var = sigmaa.per_reflection()
+    k = np.where(data.centric, 1.0, 2.0)
+    x = k * data.f_obs * d * fm_abs / var
+    m = np.where(data.centric, np.tanh(x), special.i1e(x) / special.i0e(x))
+    phase = np.where(fm_abs > 0, f_model / np.maximum(fm_abs, 1e-30), 1.0)
+    two = np.where(data.centric, m * data.f_obs, 2.0 * m * data.f_obs - d * fm_abs) * phase
+    diff = (m * data.f_obs - d * fm_abs) * phase
+    return two, diff, m
