@@ -1,0 +1,423 @@
+"""Gold-standard 3D refinement by projection matching, as one problem for the engine.
+
+The model is the state after an iteration: each particle's pose, the two half maps (each half refined
+only against its own reference, from a split made before any alignment) and their FSC. One correction
+is one iteration:
+
+1. each half's reference is its own half map, low-pass filtered at the current 0.143 resolution and
+   masked by a soft sphere (refinement limited by its own honest resolution does not fit noise);
+2. every particle is matched against its half's reference: a global search over a HEALPix grid of
+   orientations and shifts in the first iterations, then local pattern searches that start where the
+   last iteration left each particle and end at finer steps as the resolution improves;
+3. each half is reconstructed (CTF-weighted insertion, Wiener regulariser from the last FSC), the FSC
+   between the halves gives the new resolution, and the noise spectrum is re-estimated from the
+   residuals.
+
+The score the engine tracks (``work``, lower is better) is the half-map 0.143 resolution in Angstrom:
+the gold-standard FSC is this problem's cross-validation, each half being the other's free set. The
+run stops (``converged``) when the resolution no longer improves and the orientations no longer change,
+and says so with the figures.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..core import InputError, RefinementProblem, Scores, Status, StopRefinement
+from ..core.validation import HalfSets
+from .backend import Backend, NumpyBackend
+from .fourier import FourierVolume
+from .fsc import (
+    FSCReport,
+    crossing_shell,
+    lowpass,
+    resolution_to_shell,
+    shell_to_resolution,
+    solvent_mask,
+    spherical_mask,
+)
+from .geometry import angular_distance, healpix_step, orientation_grid
+from .io import ParticleStack
+from .reconstruct import backproject_particles, reconstruct_halves
+from .search import ParticleTransforms, Poses, global_search, local_search, shift_grid
+
+
+@dataclass
+class RefineOptions:
+    """Settings of a refinement (all have defaults that suit a first run).
+
+    ``diameter`` (A) sets the soft circular mask on the particles and the spherical mask on the
+    references (default 90 % of the box). ``initial_lowpass`` (A) is the resolution the starting
+    reference is trusted to. ``global_order`` is the HEALPix order of the global search (2: about
+    15 degrees, with in-plane angles at the same step) and ``global_iterations`` how many iterations
+    search globally before the local searches take over. ``max_shift`` (pixels) bounds the global shift
+    search (default 10 % of the box). ``final_angle_step`` (degrees) is the finest local step (default
+    from the particle size and the resolution). The run stops when the 0.143 resolution has improved by
+    less than ``resolution_tolerance`` shells over the best so far, the median orientation change is
+    below ``angle_tolerance`` degrees and the median shift change below ``shift_tolerance`` pixels.
+    """
+
+    max_iterations: int = 20
+    initial_lowpass: float = 40.0
+    diameter: float | None = None
+    global_order: int = 2
+    global_iterations: int = 2
+    max_shift: float | None = None
+    final_angle_step: float | None = None
+    resolution_tolerance: float = 0.5
+    angle_tolerance: float = 1.0
+    shift_tolerance: float = 0.3
+    min_local_iterations: int = 2
+    pad: int = 2
+    seed: int = 0
+    whiten: bool = True
+
+    def check(self, box: int, pixel_size: float) -> None:
+        if self.max_iterations < 1:
+            raise InputError(f"max_iterations must be at least 1, got {self.max_iterations}")
+        nyquist = 2 * pixel_size
+        if not self.initial_lowpass > nyquist:
+            raise InputError(
+                f"the initial low-pass ({self.initial_lowpass:g} A) must be coarser than Nyquist "
+                f"({nyquist:g} A)"
+            )
+        if self.diameter is not None and not 0 < self.diameter <= box * pixel_size * 1.5:
+            raise InputError(
+                f"the particle diameter {self.diameter:g} A does not fit the {box * pixel_size:g} A box"
+            )
+        if not 0 <= self.global_order <= 4:
+            raise InputError(f"the global search HEALPix order must be 0..4, got {self.global_order}")
+        if self.global_iterations < 1:
+            raise InputError("at least one global search iteration is needed (no poses to start from)")
+        if self.pad not in (1, 2, 3, 4):
+            raise InputError(f"padding must be 1..4, got {self.pad}")
+
+
+@dataclass
+class RefinementState:
+    """The model after ``iteration`` iterations (iteration 0: the starting reference, no poses)."""
+
+    iteration: int
+    poses: Poses | None
+    half_maps: tuple[np.ndarray, np.ndarray]
+    full_map: np.ndarray
+    fsc: FSCReport | None
+    crossing: float
+    resolution: float
+    noise_power: np.ndarray  # (2, shells): per half
+    mask: np.ndarray | None = None
+    figures: dict[str, float] = field(default_factory=dict)
+    best_crossing_before: float = 0.0
+
+
+class ProjectionMatching(RefinementProblem):
+    """The refinement problem: ``initial`` is the starting reference, ``correct`` one iteration."""
+
+    def __init__(
+        self,
+        stack: ParticleStack,
+        reference: np.ndarray,
+        options: RefineOptions | None = None,
+        backend: Backend | None = None,
+        log: Any = None,
+    ) -> None:
+        self.options = opts = options or RefineOptions()
+        self.backend = backend or NumpyBackend()
+        self.stack = stack
+        self.box = stack.box
+        self.pixel_size = float(stack.pixel_size)
+        opts.check(self.box, self.pixel_size)
+        reference = np.asarray(reference, dtype=float)
+        if reference.shape != (self.box,) * 3:
+            raise InputError(
+                f"the reference is {reference.shape[0]} voxels across but the particles are {self.box} pixels"
+            )
+        self.reference = reference
+        self.log = log
+        n = len(stack)
+        if stack.subsets is not None and set(np.unique(stack.subsets).tolist()) == {1, 2}:
+            self.subsets = stack.subsets.astype(int)
+            self.subset_source = "rlnRandomSubset"
+        else:
+            self.subsets = HalfSets(opts.seed).flags(n).values
+            self.subset_source = f"random split (seed {opts.seed})"
+        self.halves = [np.flatnonzero(self.subsets == h) for h in (1, 2)]
+        if min(h.size for h in self.halves) < 2:
+            raise InputError(
+                f"each half needs at least 2 particles (halves: {self.halves[0].size}, {self.halves[1].size})"
+            )
+        diameter = opts.diameter if opts.diameter is not None else 0.9 * self.box * self.pixel_size
+        self.radius_px = min(diameter / (2 * self.pixel_size), self.box / 2 - 1)
+        self.data = ParticleTransforms(stack.images, stack.ctf, self.pixel_size, self.radius_px, self.backend)
+        self.grid = orientation_grid(opts.global_order)
+        self.max_shift = opts.max_shift if opts.max_shift is not None else max(2.0, 0.1 * self.box)
+        self.sphere = spherical_mask(self.box, self.radius_px, edge=max(2.0, 0.05 * self.box))
+        self.n_shells = self.box // 2 + 1
+        self.history: list[RefinementState] = []
+
+    # --------------------------------------------------------------------------- protocol
+    def initial(self) -> RefinementState:
+        crossing = min(
+            resolution_to_shell(self.options.initial_lowpass, self.box, self.pixel_size), self.box / 2 - 1
+        )
+        state = RefinementState(
+            iteration=0,
+            poses=None,
+            half_maps=(self.reference, self.reference),
+            full_map=self.reference,
+            fsc=None,
+            crossing=crossing,
+            resolution=shell_to_resolution(crossing, self.box, self.pixel_size),
+            noise_power=np.ones((2, self.n_shells)),
+            figures={
+                "resolution_a": shell_to_resolution(crossing, self.box, self.pixel_size),
+                "fsc_crossing_shell": crossing,
+            },
+        )
+        self.history = [state]
+        return state
+
+    def check(self, model: RefinementState) -> Scores:
+        return Scores(work=float(model.resolution), figures=dict(model.figures))
+
+    def correct(self, model: RefinementState, scores: Scores) -> RefinementState:
+        self._stop_if_converged(model)
+        new = self.iterate(model)
+        self.history.append(new)
+        return new
+
+    def apply(self, model: RefinementState, step: RefinementState) -> RefinementState:
+        return step
+
+    def step_size(self, model: RefinementState, step: RefinementState) -> float:
+        """The median orientation change (degrees) the iteration made (180 at the first)."""
+        return float(step.figures.get("median_angle_change_deg", 180.0))
+
+    def is_finite(self, model: RefinementState) -> bool:
+        return bool(
+            np.all(np.isfinite(model.full_map)) and all(np.all(np.isfinite(h)) for h in model.half_maps)
+        )
+
+    # --------------------------------------------------------------------------- the stop rule
+    def _stop_if_converged(self, state: RefinementState) -> None:
+        opts = self.options
+        local_done = state.iteration - opts.global_iterations
+        if state.poses is None or local_done < opts.min_local_iterations:
+            return
+        gain = state.crossing - state.best_crossing_before
+        angle = state.figures["median_angle_change_deg"]
+        shift = state.figures["median_shift_change_px"]
+        if gain < opts.resolution_tolerance and angle < opts.angle_tolerance and shift < opts.shift_tolerance:
+            raise StopRefinement(
+                Status.CONVERGED,
+                (
+                    f"converged at iteration {state.iteration}: the resolution "
+                    f"({state.resolution:.2f} A) gained {gain:+.2f} shells (< {opts.resolution_tolerance:g}) "
+                    "and orientations changed by a median "
+                    f"{angle:.2f} deg (< {opts.angle_tolerance:g}), shifts by {shift:.2f} px "
+                    f"(< {opts.shift_tolerance:g})"
+                ),
+            )
+
+    # --------------------------------------------------------------------------- one iteration
+    def _say(self, text: str) -> None:
+        if self.log is not None:
+            self.log(text)
+
+    def final_angle_step(self, resolution: float) -> float:
+        """The finest local step (degrees): a quarter of the angle over which the particle's rim moves
+        by the resolution, between 0.1 and 0.5 degrees unless set."""
+        if self.options.final_angle_step is not None:
+            return float(self.options.final_angle_step)
+        radius_a = self.radius_px * self.pixel_size
+        return float(np.clip(math.degrees(resolution / radius_a) / 4, 0.1, 0.5))
+
+    def _local_schedule(
+        self, start_deg: float, final_deg: float, shift_cap: float
+    ) -> tuple[list[float], list[float]]:
+        steps = [start_deg]
+        while steps[-1] / 2 >= final_deg * 0.99:
+            steps.append(steps[-1] / 2)
+        shifts = [min(shift_cap, math.radians(a) * self.radius_px) for a in steps]
+        return steps, [max(s, 0.05) for s in shifts]
+
+    def reference_for(self, state: RefinementState, half: int, crossing: float) -> np.ndarray:
+        """A half's reference: its map low-passed at ``crossing`` (cosine edge 3 shells wide, half-way at
+        the crossing), times the soft sphere."""
+        return lowpass(state.half_maps[half], crossing, 3.0) * self.sphere
+
+    def iterate(self, state: RefinementState) -> RefinementState:
+        opts = self.options
+        be = self.backend
+        it = state.iteration + 1
+        tick = time.perf_counter()
+        is_global = it <= opts.global_iterations
+        crossing = state.crossing
+        r_max = min(crossing + 1.5, self.box / 2 - 0.5)
+        final_step = self.final_angle_step(state.resolution)
+        n = len(self.stack)
+        rotations = np.empty((n, 3, 3))
+        origins = np.empty((n, 2))
+        scores = np.empty(n)
+        weights = 1.0 / state.noise_power if opts.whiten else np.ones_like(state.noise_power)
+        for h, index in enumerate(self.halves):
+            volume = FourierVolume(self.reference_for(state, h, crossing), opts.pad, be)
+            w = weights[h] / np.mean(weights[h])
+            if is_global:
+                period_px = self.box / max(r_max, 1.0)
+                shift_step = max(1.0, float(np.floor(period_px / 4)))
+                poses = global_search(
+                    volume,
+                    self.data,
+                    index,
+                    self.grid.matrices,
+                    shift_grid(self.max_shift, shift_step),
+                    r_max,
+                    w,
+                )
+                steps, shifts = self._local_schedule(
+                    healpix_step(opts.global_order) / 2, final_step, shift_step / 2
+                )
+            else:
+                previous = state.poses.subset(index)
+                change = state.figures.get("median_angle_change_deg", 4.0)
+                start = float(np.clip(2 * change, 2 * final_step, 4.0))
+                poses = previous
+                steps, shifts = self._local_schedule(start, final_step, 1.0)
+            poses = local_search(volume, self.data, index, poses, steps, shifts, r_max, w)
+            rotations[index], origins[index], scores[index] = poses.rotations, poses.origins, poses.scores
+        search_time = time.perf_counter() - tick
+
+        # reconstruction, FSC, mask
+        bps = [
+            backproject_particles(
+                self.data, index, rotations[index], origins[index], weights[h] / np.mean(weights[h]), opts.pad
+            )
+            for h, index in enumerate(self.halves)
+        ]
+        previous_fsc = state.fsc.unmasked if state.fsc is not None else None
+        rec = reconstruct_halves(bps[0], bps[1], self.pixel_size, previous_fsc)
+        mask = solvent_mask(rec.full_map, self.pixel_size, lowpass_resolution=max(15.0, 3 * self.pixel_size))
+        from .fsc import gold_standard_fsc
+
+        report = gold_standard_fsc(
+            rec.half_maps[0], rec.half_maps[1], self.pixel_size, mask, seed=opts.seed + it
+        )
+        new_crossing = min(crossing_shell(report.unmasked), self.box / 2 - 1)
+        resolution = shell_to_resolution(new_crossing, self.box, self.pixel_size)
+        noise = np.stack(
+            [
+                self._noise_power(rec.half_maps[h], index, rotations[index], origins[index])
+                for h, index in enumerate(self.halves)
+            ]
+        )
+
+        figures: dict[str, float] = {
+            "resolution_a": resolution,
+            "fsc_crossing_shell": new_crossing,
+            "resolution_masked_a": report.resolution("masked"),
+            "resolution_corrected_a": report.resolution("corrected"),
+            "global_search": float(is_global),
+            "finest_angle_step_deg": final_step,
+            "mean_score": float(np.mean(scores / norm_of(self.data, r_max, weights, self.halves))),
+            "search_seconds": search_time,
+            "iteration_seconds": time.perf_counter() - tick,
+        }
+        if state.poses is not None:
+            figures["median_angle_change_deg"] = float(
+                np.median(angular_distance(rotations, state.poses.rotations))
+            )
+            figures["median_shift_change_px"] = float(
+                np.median(np.linalg.norm(origins - state.poses.origins, axis=1))
+            )
+        else:
+            figures["median_angle_change_deg"] = 180.0
+            figures["median_shift_change_px"] = float(self.max_shift)
+        best_before = (
+            max(s.crossing for s in self.history if s.poses is not None)
+            if any(s.poses is not None for s in self.history)
+            else 0.0
+        )
+        self._say(
+            f"iteration {it}: {'global' if is_global else 'local'} search, resolution {resolution:.2f} A "
+            f"(masked {figures['resolution_masked_a']:.2f}, "
+            f"corrected {figures['resolution_corrected_a']:.2f}), "
+            f"median change {figures['median_angle_change_deg']:.2f} deg, "
+            f"{figures['iteration_seconds']:.1f} s"
+        )
+        return RefinementState(
+            iteration=it,
+            poses=Poses(rotations, origins, scores),
+            half_maps=rec.half_maps,
+            full_map=rec.full_map,
+            fsc=report,
+            crossing=new_crossing,
+            resolution=resolution,
+            noise_power=noise,
+            mask=mask,
+            figures=figures,
+            best_crossing_before=best_before,
+        )
+
+    def _noise_power(
+        self, half_map: np.ndarray, index: np.ndarray, rotations: np.ndarray, origins: np.ndarray
+    ) -> np.ndarray:
+        """Noise power per shell: the residual of the masked images against the scaled, CTF-modulated
+        projections of their half map at their poses."""
+        be = self.backend
+        data = self.data
+        volume = FourierVolume(half_map * self.sphere, self.options.pad, be)
+        points = data.points
+        kx, ky = be.asarray(points.kx, "float32"), be.asarray(points.ky, "float32")
+        shells = points.shell
+        total = np.zeros(self.n_shells)
+        count = np.bincount(shells, minlength=self.n_shells).astype(float) * index.size
+        cross_sum = 0.0
+        power_sum = 0.0
+        residual_parts = []
+        from .search import _phases
+
+        for start in range(0, index.size, 256):
+            sel_np = index[start : start + 256]
+            sel = be.asarray(sel_np, "int64")
+            proj = volume.slices(rotations[start : start + 256], points)
+            model = proj * data.ctf[sel]
+            cos_t, sin_t = _phases(be, be.asarray(origins[start : start + 256], "float32"), kx, ky, data.box)
+            x = data.masked[sel]
+            xr = x.real * cos_t - x.imag * sin_t
+            xi = x.real * sin_t + x.imag * cos_t
+            cross_sum += float(be.to_numpy((xr * model.real + xi * model.imag).sum()))
+            power_sum += float(be.to_numpy((model.real * model.real + model.imag * model.imag).sum()))
+            residual_parts.append((xr, xi, model))
+        scale = cross_sum / power_sum if power_sum > 0 else 0.0
+        for xr, xi, model in residual_parts:
+            rr = xr - scale * model.real
+            ri = xi - scale * model.imag
+            per_point = be.to_numpy((rr * rr + ri * ri).sum(0)).astype(np.float64)
+            total += np.bincount(shells, weights=per_point, minlength=self.n_shells)
+        power = total / np.maximum(count, 1)
+        # shells without points (the corner beyond Nyquist, shell 0) take their neighbour's value
+        valid = count > 0
+        power[~valid] = np.interp(np.flatnonzero(~valid), np.flatnonzero(valid), power[valid])
+        return np.maximum(power, 1e-12 * max(power.max(), 1e-30))
+
+
+def norm_of(
+    data: ParticleTransforms, r_max: float, weights: np.ndarray, halves: list[np.ndarray]
+) -> np.ndarray:
+    """Per-particle ``sqrt(sum w |X|^2)`` over the compared band (turns scores into correlations)."""
+    from .search import norm_of_particles
+
+    be = data.backend
+    count = data.limit(r_max)
+    out = np.empty(data.n)
+    for h, index in enumerate(halves):
+        w = be.asarray((weights[h] / np.mean(weights[h]))[data.points.shell], "float32")
+        norms = norm_of_particles(data, count, w)
+        out[index] = norms[index]
+    return out
