@@ -113,6 +113,13 @@ def error_bounds(
     A component of ``x`` that is exactly 0 makes that column's componentwise bound infinite; a bound
     at or above 1 says that no digit of ``x`` is certain.
     """
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        return _error_bounds(x, r, abs_a_abs_x, b, solve, solve_transpose, row_terms, inflation)
+
+
+def _error_bounds(x: np.ndarray, r: np.ndarray, abs_a_abs_x: np.ndarray, b: np.ndarray, solve: Apply,
+                  solve_transpose: Apply, row_terms: np.ndarray | None, inflation: float
+                  ) -> tuple[np.ndarray, np.ndarray]:
     n, k = x.shape
     terms = np.full(n, n) if row_terms is None else np.asarray(row_terms)
     rounding = (terms + 1) * DOUBLE_EPS
@@ -123,15 +130,15 @@ def error_bounds(
 
     # || |A^-1| w ||_inf = || A^-1 diag(w) ||_inf = || diag(w) A^-T ||_1
     normwise = estimate_one_norms(lambda v: w * solve_transpose(v), lambda v: solve(w * v), n, k)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        normwise = np.where(x_norm > 0, inflation * normwise / x_norm, np.where(normwise > 0, np.inf, 0.0))
-        inverse_x = np.where(abs_x > 0, 1.0 / abs_x, 0.0)
+    normwise = np.where(x_norm > 0, inflation * normwise / x_norm, np.where(normwise > 0, np.inf, 0.0))
+    inverse_x = np.where(abs_x > 0, 1.0 / abs_x, 0.0)
     zero_components = np.any(abs_x == 0, axis=0)
     # || diag(1/|x|) |A^-1| w ||_inf = || diag(w) A^-T diag(1/|x|) ||_1
     componentwise = estimate_one_norms(lambda v: w * solve_transpose(inverse_x * v),
                                        lambda v: inverse_x * solve(w * v), n, k)
     componentwise = inflation * componentwise
-    componentwise = np.where(zero_components, np.inf, componentwise)
+    componentwise = np.where(zero_components | ~np.isfinite(componentwise), np.inf, componentwise)
+    normwise = np.where(np.isfinite(normwise), normwise, np.inf)
     return normwise, componentwise
 
 

@@ -24,6 +24,12 @@ from ..core import RefinementProblem, Scores, Status, StopRefinement
 from .gmres import fgmres
 
 
+def _power_of_two_scale(largest: float) -> float:
+    if not (largest > 0 and math.isfinite(largest)):
+        return 1.0
+    return 2.0 ** -max(-1000, min(1000, round(math.log2(largest))))
+
+
 class LUCorrector:
     """Corrections from LU factors of the scaled matrix: ``d = C M^-1 R r``."""
 
@@ -35,13 +41,17 @@ class LUCorrector:
 
     def solve(self, r: np.ndarray) -> np.ndarray:
         scaling = self.system.scaling
-        return scaling.from_scaled(self.factors.solve(scaling.to_scaled(r)))
+        # normalise r by a power of two first: with extreme row scale factors, R r could otherwise
+        # fall into the subnormal range and lose digits
+        scale = self.system.column_scale(r)
+        return scaling.from_scaled(self.factors.solve(scaling.to_scaled(r * scale))) / scale
 
     def solve_transpose(self, v: np.ndarray) -> np.ndarray:
         """``A^-T v`` through the factors (for the error bounds)."""
         scaling = self.system.scaling
-        solved = self.factors.solve(scaling.transpose_to_scaled(v), transposed=True)
-        return scaling.transpose_from_scaled(solved)
+        scale = self.system.column_scale(v)
+        solved = self.factors.solve(scaling.transpose_to_scaled(v * scale), transposed=True)
+        return scaling.transpose_from_scaled(solved) / scale
 
     def initial(self) -> np.ndarray:
         return self.solve(self.system.b)
@@ -92,7 +102,8 @@ class GmresCorrector:
         """``A^-1 r`` by GMRES to relative residual ``tol`` (default: the corrector's ``inner_tol``,
         within the iteration budget, giving up where that would not pay)."""
         scaling = self.system.scaling
-        rs = scaling.to_scaled(r)
+        normalise = self.system.column_scale(r)
+        rs = scaling.to_scaled(r * normalise)
         n, k = rs.shape
         out = rs * 0.0
         self.inner_iterations = 0
@@ -101,7 +112,10 @@ class GmresCorrector:
             if tol is None and left <= 0:
                 raise StopRefinement(Status.STAGNATED, f"GMRES-IR used up its budget of {self.budget} GMRES "
                                                        f"iterations")
-            column = self.system.contiguous(rs[:, j])
+            # GMRES is linear: a power of two bringing the column near 1 keeps its norms from
+            # overflowing or underflowing, and is undone exactly
+            scale = _power_of_two_scale(self.system.column_norms(rs[:, j:j + 1])[0])
+            column = self.system.contiguous(rs[:, j] * scale)
             target = self.inner_tol if tol is None else tol
             outcome = fgmres(self._scaled_matvec, self._precondition, column, tol=target,
                              max_iter=min(left if tol is None else self.budget, n),
@@ -117,15 +131,16 @@ class GmresCorrector:
                     f"GMRES-IR gave up after {outcome.iterations} GMRES iterations: relative residual "
                     f"{outcome.relative_residual:.2g}, at a rate that would need more than the {left} left "
                     f"of its budget"))
-            out[:, j] = outcome.x
+            out[:, j] = outcome.x / scale
         self.total_inner_iterations += self.inner_iterations
-        return scaling.from_scaled(out)
+        return scaling.from_scaled(out) / normalise
 
     def solve_transpose(self, v: np.ndarray, tol: float = 1e-3) -> np.ndarray:
         """``A^-T v`` by GMRES on ``A_s^T`` preconditioned by the transposed factors (for the bounds)."""
         scaling = self.system.scaling
         system = self.system
-        vs = scaling.transpose_to_scaled(v)
+        normalise = system.column_scale(v)
+        vs = scaling.transpose_to_scaled(v * normalise)
         n, k = vs.shape
         out = vs * 0.0
 
@@ -137,10 +152,11 @@ class GmresCorrector:
             return self.factors.solve(u[:, None], transposed=True)[:, 0]
 
         for j in range(k):
-            outcome = fgmres(matvec, precondition, system.contiguous(vs[:, j]), tol=tol,
+            scale = _power_of_two_scale(system.column_norms(vs[:, j:j + 1])[0])
+            outcome = fgmres(matvec, precondition, system.contiguous(vs[:, j] * scale), tol=tol,
                              max_iter=min(self.budget, n), new_basis=system.new_basis)
-            out[:, j] = outcome.x
-        return scaling.transpose_from_scaled(out)
+            out[:, j] = outcome.x / scale
+        return scaling.transpose_from_scaled(out) / normalise
 
     def correct(self, r: np.ndarray) -> np.ndarray:
         return self.solve(r)

@@ -92,6 +92,16 @@ def choose_scaling(row_max: np.ndarray, col_max_of: Any, *, always: bool = False
     return Scaling(row, col)
 
 
+def column_scale(v: np.ndarray) -> np.ndarray:
+    """Powers of two bringing each column's largest magnitude near 1: a right-hand side is scaled so
+    before it is rounded to a low precision (a residual of 1e-40 would underflow float32, a vector of
+    1e300 overflow it), and the solution scaled back (exactly: linear solves commute with scaling)."""
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        largest = np.max(np.abs(v), axis=-2, keepdims=True) if v.shape[-2] else np.ones(v.shape[-1])
+        largest = np.where((largest > 0) & np.isfinite(largest), largest, 1.0)
+        return np.exp2(-np.clip(np.round(np.log2(largest)), -1000, 1000))
+
+
 def _block_rows(n_columns: int, itemsize: int, target_bytes: int = 1 << 20) -> int:
     return max(8, target_bytes // max(1, n_columns * itemsize))
 
@@ -113,10 +123,14 @@ class DenseLU:
 
     def solve(self, v: np.ndarray, transposed: bool = False) -> np.ndarray:
         """``A_s^-1 v`` (``A_s^-T v`` if ``transposed``), computed in the factors' precision."""
-        x, _info = self._getrs(self.lu, self.pivots, v.astype(self.lu.dtype), trans=0 if transposed else 1,
-                              overwrite_b=True)
+        low = self.lu.dtype != np.float64
+        scale = column_scale(v) if low else None
+        rhs = (v * scale).astype(self.lu.dtype) if low else v
+        x, _info = self._getrs(self.lu, self.pivots, rhs, trans=0 if transposed else 1, overwrite_b=low)
         out = x.astype(np.float64, copy=False)
-        return out * self.multiplier if self.multiplier != 1.0 else out
+        if low:
+            out = out * (self.multiplier / scale)
+        return out
 
     def reciprocal_condition(self, norm_inf: float) -> float:
         """LAPACK's estimate of ``1 / kappa_inf(A_s)`` from the factors (``norm_inf = ||A_s||_inf``)."""
@@ -138,8 +152,11 @@ class SparseLU:
         self.dtype = np.float32 if precision == "single" else np.float64
 
     def solve(self, v: np.ndarray, transposed: bool = False) -> np.ndarray:
-        out = self.factors.solve(np.asarray(v, dtype=self.dtype), trans="T" if transposed else "N")
-        return np.asarray(out, dtype=np.float64).reshape(v.shape)
+        low = self.dtype != np.float64
+        scale = column_scale(v) if low else 1.0
+        out = self.factors.solve(np.asarray(v * scale, dtype=self.dtype), trans="T" if transposed else "N")
+        out = np.asarray(out, dtype=np.float64).reshape(v.shape)
+        return out / scale if low else out
 
 
 # ----------------------------------------------------------------------------------------- systems
@@ -162,6 +179,10 @@ class NumpyVectors:
 
     def all_finite(self, v: np.ndarray) -> bool:
         return bool(np.all(np.isfinite(v)))
+
+    def column_scale(self, v: np.ndarray) -> np.ndarray:
+        """Powers of two, one per column (shape ``(1, k)``), bringing each column's largest entry near 1."""
+        return column_scale(v)
 
     def contiguous(self, v: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(v)
@@ -205,7 +226,8 @@ class DenseSystem(NumpyVectors):
             self.scaling = choose_scaling(row_max, lambda row: col_max if row is None
                                           else self._column_max(a, row))
             return
-        low = a.astype(np.float32)
+        with np.errstate(over="ignore", invalid="ignore"):  # out of float32's range: the slow path below
+            low = a.astype(np.float32)
         row_max, row_sum, col_max = self._statistics(low)
         tiny = 2.0**-100
         if np.all(np.isfinite(row_sum)) and row_max.min() > tiny and col_max.min() > tiny:

@@ -132,6 +132,11 @@ class TorchLU:
 
     def solve(self, v: Any, transposed: bool = False) -> Any:
         torch = _torch()
+        low = self.lu.dtype != torch.float64
+        scale = None
+        if low:  # powers of two keep a tiny or huge vector inside float32's range (see column_scale)
+            scale = _column_scale(v)
+            v = v * scale
         rhs = v.to(self.lu.dtype)
         if self.pivots is not None:
             out = torch.linalg.lu_solve(self.lu, self.pivots, rhs, adjoint=transposed)
@@ -146,7 +151,19 @@ class TorchLU:
             out = torch.empty_like(w)
             _put_rows(out, self.permutation, w)
         out = out.to(torch.float64)
+        if scale is not None:
+            out = out / scale
         return out * self.multiplier if self.multiplier != 1.0 else out
+
+
+def _column_scale(v: Any) -> Any:
+    """The torch twin of :func:`refinekit.linalg.systems.column_scale`."""
+    torch = _torch()
+    if v.shape[-2] == 0:
+        return torch.ones_like(v[..., :1, :])
+    largest = v.abs().amax(-2, keepdim=True)
+    largest = torch.where((largest > 0) & torch.isfinite(largest), largest, torch.ones_like(largest))
+    return torch.exp2(-torch.clamp(torch.round(torch.log2(largest)), -1000, 1000))
 
 
 def _take_rows(v: Any, permutation: Any) -> Any:
@@ -357,6 +374,9 @@ class TorchSystem:
 
     def all_finite(self, v: Any) -> bool:
         return bool(_torch().isfinite(v).all())
+
+    def column_scale(self, v: Any) -> Any:
+        return _column_scale(v)
 
     def contiguous(self, v: Any) -> Any:
         return v.contiguous()
