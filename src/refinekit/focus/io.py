@@ -1,0 +1,361 @@
+"""Reading focal stacks and writing what the focus domain produces (the edges of the domain).
+
+A stack is read lazily: :func:`read_stack` checks every frame's header (size, bit depth, channels) and
+decodes a frame only when :meth:`FrameStack.read` asks for it, so a long stack never has to sit in
+memory at full precision. Every writer encodes in memory first and then replaces the target
+atomically, so a failure leaves no partial file.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..core import InputError
+from ..core.atomic import atomic_write_bytes
+
+#: File name extensions read as frames when a folder is given.
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
+_TIFF = (".tif", ".tiff")
+_SUPPORTED_DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16), np.dtype(np.float32))
+
+
+@dataclass(frozen=True)
+class FrameRef:
+    """Where one frame lives: a file, and the frame's index inside a multi-frame TIFF (else None)."""
+
+    path: Path
+    index: int | None = None
+
+    @property
+    def name(self) -> str:
+        return self.path.name if self.index is None else f"{self.path.name}[{self.index}]"
+
+
+@dataclass
+class FrameStack:
+    """A focal stack on disk: ``len(stack)`` frames of one size, bit depth and channel count.
+
+    Frames are decoded on demand. ``read(i)`` returns the native array (``uint8``, ``uint16`` or
+    ``float32``; ``(H, W)`` grey or ``(H, W, 3)`` RGB); ``read_float(i)`` the same scaled to [0, 1] as
+    ``float32``. ``reordered(order)`` gives the same frames in another order.
+
+    >>> import numpy as np, tempfile, pathlib, cv2
+    >>> folder = pathlib.Path(tempfile.mkdtemp())
+    >>> for k in range(3):
+    ...     _ = cv2.imwrite(str(folder / f"f{k}.png"), np.full((4, 6), 10 * k, np.uint8))
+    >>> stack = read_stack([folder])
+    >>> len(stack), stack.shape, stack.channels, stack.dtype.name, stack.names
+    (3, (4, 6), 1, 'uint8', ['f0.png', 'f1.png', 'f2.png'])
+    >>> float(stack.read_float(2)[0, 0])
+    0.0784313753247261
+    """
+
+    refs: list[FrameRef]
+    shape: tuple[int, int]
+    channels: int
+    dtype: np.dtype
+
+    def __len__(self) -> int:
+        return len(self.refs)
+
+    @property
+    def names(self) -> list[str]:
+        return [r.name for r in self.refs]
+
+    @property
+    def paths(self) -> list[Path]:
+        """The distinct files the frames come from, in order."""
+        seen: dict[Path, None] = {}
+        for ref in self.refs:
+            seen.setdefault(ref.path, None)
+        return list(seen)
+
+    @property
+    def bits(self) -> int:
+        return {np.dtype(np.uint8): 8, np.dtype(np.uint16): 16}.get(self.dtype, 32)
+
+    @property
+    def scale(self) -> float:
+        """What a frame is divided by to bring it to [0, 1]."""
+        return {8: 255.0, 16: 65535.0}.get(self.bits, 1.0)
+
+    def reordered(self, order: Sequence[int]) -> FrameStack:
+        return FrameStack([self.refs[i] for i in order], self.shape, self.channels, self.dtype)
+
+    def subset(self, indices: Iterable[int]) -> FrameStack:
+        return self.reordered(list(indices))
+
+    def read(self, i: int) -> np.ndarray:
+        """Frame ``i`` as stored (grey ``(H, W)`` or RGB ``(H, W, 3)``), checked against the stack."""
+        ref = self.refs[i]
+        image = _decode(ref)
+        if image.shape[:2] != self.shape or _channels(image) != self.channels or image.dtype != self.dtype:
+            raise InputError(f"frame decodes as {_describe(image)}, the stack is "
+                             f"{self.shape[1]}x{self.shape[0]} {self.channels}-channel {self.dtype}",
+                             path=ref.name if ref.index is not None else ref.path)
+        return image
+
+    def read_float(self, i: int) -> np.ndarray:
+        image = self.read(i)
+        if image.dtype == np.float32:
+            return image
+        return image.astype(np.float32) * np.float32(1.0 / self.scale)
+
+
+def _channels(image: np.ndarray) -> int:
+    return 1 if image.ndim == 2 else image.shape[2]
+
+
+def _describe(image: np.ndarray) -> str:
+    return f"{image.shape[1]}x{image.shape[0]} {_channels(image)}-channel {image.dtype}"
+
+
+def _natural_key(path: Path) -> list:
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", path.name)]
+
+
+def read_stack(inputs: Sequence[str | os.PathLike[str]]) -> FrameStack:
+    """Open a focal stack: image files, folders of images (sorted by name, numbers in numeric order),
+    or multi-page / ImageJ TIFF files (one frame per page), in the order given.
+
+    Refuses (:class:`~refinekit.core.InputError`, one line naming the file): a missing, unreadable or
+    empty file, an empty folder, fewer than two frames, frames of different sizes, bit depths or
+    channel counts, and bit depths other than 8, 16 (integer) or 32 (float).
+    """
+    if not inputs:
+        raise InputError("no frames given")
+    refs: list[FrameRef] = []
+    props: list[tuple[tuple[int, int], int, np.dtype]] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            files = sorted((p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS
+                            and not p.name.startswith(".")), key=_natural_key)
+            if not files:
+                raise InputError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in this folder", path=path)
+        else:
+            files = [path]
+        for file in files:
+            for ref, prop in _probe(file):
+                refs.append(ref)
+                props.append(prop)
+    if len(refs) < 2:
+        raise InputError(f"a focal stack needs at least 2 frames, got {len(refs)}"
+                         + (f" ({refs[0].name})" if refs else ""))
+    shape, channels, dtype = props[0]
+    for ref, (s, c, d) in zip(refs[1:], props[1:], strict=True):
+        where = ref.name if ref.index is not None else ref.path
+        if s != shape:
+            raise InputError(f"frame is {s[1]}x{s[0]} but {refs[0].name} is {shape[1]}x{shape[0]}: "
+                             f"all frames of a stack must have one size", path=where)
+        if d != dtype:
+            raise InputError(f"mixed bit depths: this frame is {d}, {refs[0].name} is {dtype}", path=where)
+        if c != channels:
+            raise InputError(f"mixed grey and colour frames: this frame has {c} channel(s), "
+                             f"{refs[0].name} has {channels}", path=where)
+    return FrameStack(refs, shape, channels, dtype)
+
+
+def _probe(path: Path) -> list[tuple[FrameRef, tuple[tuple[int, int], int, np.dtype]]]:
+    """Each frame in ``path`` with its (size, channels, dtype), from the header where possible."""
+    if not path.exists():
+        raise InputError("no such file", path=path)
+    if path.is_dir():
+        raise InputError("is a directory", path=path)
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise InputError(f"cannot read ({(exc.strerror or str(exc)).lower()})", path=path) from None
+    if size == 0:
+        raise InputError("empty file", path=path)
+    if path.suffix.lower() in _TIFF:
+        return _probe_tiff(path)
+    try:
+        import imageio.v3 as iio
+
+        props = iio.improps(path)
+        shape = tuple(int(s) for s in props.shape)
+        dtype = np.dtype(props.dtype)
+    except Exception as exc:  # any decoder failure means an unreadable image
+        raise InputError(f"not a readable image ({_reason(exc)})", path=path) from None
+    if props.is_batch or (props.n_images or 1) > 1:
+        raise InputError("animated or multi-frame image: give multi-frame stacks as TIFF", path=path)
+    return [(FrameRef(path), _check_props(path, shape, dtype))]
+
+
+def _probe_tiff(path: Path) -> list[tuple[FrameRef, tuple[tuple[int, int], int, np.dtype]]]:
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            shape = tuple(int(s) for s in series.shape)
+            dtype = np.dtype(series.dtype)
+            axes = series.axes
+    except Exception as exc:
+        raise InputError(f"not a readable TIFF ({_reason(exc)})", path=path) from None
+    frame_shape, n_frames = _tiff_layout(path, shape, axes)
+    prop = _check_props(path, frame_shape, dtype)
+    if n_frames == 1:
+        return [(FrameRef(path), prop)]
+    return [(FrameRef(path, i), prop) for i in range(n_frames)]
+
+
+def _tiff_layout(path: Path, shape: tuple[int, ...], axes: str) -> tuple[tuple[int, ...], int]:
+    """(shape of one frame, number of frames) of a TIFF series: YX, YXS, then any leading frame axes."""
+    if axes.endswith("YXS") and shape[-1] in (3, 4):
+        frame, lead = shape[-3:], shape[:-3]
+    elif axes.endswith("YX"):
+        frame, lead = shape[-2:], shape[:-2]
+    else:
+        raise InputError(f"unsupported TIFF layout (axes {axes}, shape {shape})", path=path)
+    if len([n for n in lead if n > 1]) > 1:
+        raise InputError(f"TIFF has more than one stack axis (axes {axes}, shape {shape}): "
+                         "give a single z-series", path=path)
+    return frame, int(np.prod(lead)) if lead else 1
+
+
+FrameProps = tuple[tuple[int, int], int, np.dtype]  # (height, width), channels, dtype
+
+
+def _check_props(path: Path, shape: tuple[int, ...], dtype: np.dtype) -> FrameProps:
+    if len(shape) == 2:
+        channels = 1
+    elif len(shape) == 3 and shape[2] in (1, 3, 4):
+        channels = 1 if shape[2] == 1 else 3  # an alpha channel is dropped
+    else:
+        raise InputError(f"unsupported image shape {shape}", path=path)
+    if dtype not in _SUPPORTED_DTYPES:
+        raise InputError(f"unsupported pixel type {dtype} (8- or 16-bit integer, or 32-bit float)",
+                         path=path)
+    if shape[0] < 1 or shape[1] < 1:
+        raise InputError("empty image", path=path)
+    return (int(shape[0]), int(shape[1])), channels, dtype
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror.lower()
+    text = " ".join(str(exc).split())
+    return text[:120] if text else type(exc).__name__
+
+
+def _decode(ref: FrameRef) -> np.ndarray:
+    """Decode one frame: OpenCV for the common formats (fast), tifffile for TIFF, imageio otherwise."""
+    path = ref.path
+    try:
+        if path.suffix.lower() in _TIFF:
+            import tifffile
+
+            with tifffile.TiffFile(path) as tif:
+                series = tif.series[0]
+                data = series.asarray() if ref.index is None else _tiff_frame(series, ref.index)
+            image = np.asarray(data)
+        else:
+            import cv2
+
+            raw = np.fromfile(path, dtype=np.uint8)
+            image = cv2.imdecode(raw, cv2.IMREAD_UNCHANGED) if raw.size else None
+            if image is not None and image.ndim == 3:
+                code = cv2.COLOR_BGRA2RGB if image.shape[2] == 4 else cv2.COLOR_BGR2RGB
+                image = cv2.cvtColor(image, code)
+            if image is None:
+                import imageio.v3 as iio
+
+                image = np.asarray(iio.imread(path))
+    except InputError:
+        raise
+    except Exception as exc:
+        raise InputError(f"cannot decode image ({_reason(exc)})", path=path) from None
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[:, :, 0]
+    elif image.ndim == 3 and image.shape[2] == 4:
+        image = image[:, :, :3]
+    if image.size == 0:
+        raise InputError("empty image", path=path)
+    return np.ascontiguousarray(image)
+
+
+def _tiff_frame(series, index: int) -> np.ndarray:
+    """Frame ``index`` of a TIFF z-series, reading only its page where each page is one frame."""
+    frame_dims = 3 if series.axes.endswith("YXS") and series.shape[-1] in (3, 4) else 2
+    frame_shape = tuple(series.shape[-frame_dims:])
+    n_frames = int(np.prod(series.shape[:-frame_dims]))
+    pages = series.pages
+    if len(pages) == n_frames and pages[index] is not None:
+        return np.asarray(pages[index].asarray()).reshape(frame_shape)
+    return np.asarray(series.asarray()).reshape((n_frames, *frame_shape))[index]
+
+
+# ------------------------------------------------------------------------------------------ writing
+def to_dtype(image: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """A [0, 1] float image as ``dtype`` (rounded and clipped for integer types)."""
+    dtype = np.dtype(dtype)
+    if dtype == np.float32:
+        return np.asarray(image, dtype=np.float32)
+    top = 255.0 if dtype == np.uint8 else 65535.0
+    return np.clip(np.rint(np.asarray(image, dtype=np.float32) * top), 0, top).astype(dtype)
+
+
+def encode_image(image: np.ndarray, path: str | os.PathLike[str]) -> bytes:
+    """Encode ``image`` (native dtype, grey or RGB) in the format named by ``path``'s extension.
+
+    8-bit fits every format; 16-bit needs PNG or TIFF; 32-bit float needs TIFF.
+    """
+    path = Path(path)
+    ext = path.suffix.lower()
+    check_image_format(path, image.dtype)
+    if ext in _TIFF:
+        import tifffile
+
+        buffer = io.BytesIO()
+        tifffile.imwrite(buffer, image, photometric="rgb" if image.ndim == 3 else "minisblack",
+                         compression="zlib" if image.dtype != np.float32 else None)
+        return buffer.getvalue()
+    import cv2
+
+    data = cv2.cvtColor(image, cv2.COLOR_RGB2BGR) if image.ndim == 3 else image
+    params = [cv2.IMWRITE_JPEG_QUALITY, 95] if ext in (".jpg", ".jpeg") else []
+    ok, encoded = cv2.imencode(ext, data, params)
+    if not ok:
+        raise InputError(f"cannot encode a {image.dtype} image as {ext}", path=path)
+    return encoded.tobytes()
+
+
+def check_image_format(path: str | os.PathLike[str], dtype: np.dtype) -> None:
+    """Refuse, before any work is done, an output format that cannot hold ``dtype`` losslessly."""
+    path = Path(path)
+    ext = path.suffix.lower()
+    dtype = np.dtype(dtype)
+    allowed = {np.dtype(np.uint8): (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp"),
+               np.dtype(np.uint16): (".png", ".tif", ".tiff"),
+               np.dtype(np.float32): (".tif", ".tiff")}[dtype]
+    if ext not in allowed:
+        raise InputError(f"cannot write a {dtype} image as {ext or 'a file without extension'} "
+                         f"(use {', '.join(allowed)})", path=path)
+
+
+def write_image(image: np.ndarray, path: str | os.PathLike[str]) -> None:
+    """Write ``image`` (native dtype) atomically in the format of ``path``'s extension."""
+    atomic_write_bytes(path, encode_image(image, path))
+
+
+def depth_png(depth: np.ndarray, confidence: np.ndarray | None = None, cmap: str = "viridis") -> np.ndarray:
+    """The depth map as an 8-bit RGB image, coloured with a matplotlib colour map; where confidence is
+    low the colour fades to grey (weak texture: the depth there is the restraint's guess)."""
+    from matplotlib import colormaps
+
+    lo, hi = np.nanpercentile(depth, [0.5, 99.5])
+    scaled = np.clip((depth - lo) / max(hi - lo, 1e-12), 0, 1)
+    rgb = colormaps[cmap](scaled)[..., :3].astype(np.float32)
+    if confidence is not None:
+        alpha = np.clip(np.asarray(confidence, dtype=np.float32), 0, 1)[..., None] ** 0.5
+        rgb = rgb * alpha + 0.5 * (1 - alpha)
+    return to_dtype(rgb, np.dtype(np.uint8))
