@@ -117,8 +117,9 @@ def fgmres(
             break
         if j + 1 < m:
             basis[j + 1] = w / norm_w
-        if give_up_after is not None and iterations >= give_up_after and 0.0 < residual < 1.0:
-            needed = iterations * math.log(tol) / math.log(residual)  # at the geometric rate so far
+        if give_up_after is not None and iterations >= give_up_after and residual > 0.0:
+            # iterations needed at the geometric rate seen so far (none at all: never)
+            needed = iterations * math.log(tol) / math.log(residual) if residual < 1.0 else math.inf
             if needed > m:
                 gave_up = True
                 break

@@ -211,7 +211,8 @@ class DenseSystem(NumpyVectors):
         self.low: np.ndarray | None = None  # the scaled matrix in float32, to be factored in place
         self.scaling = Scaling()
         self.norm_inf = 0.0
-        self._prepare()
+        if self.n:
+            self._prepare()
 
     # ---------------------------------------------------------------- preparation
     def _prepare(self) -> None:
@@ -408,6 +409,10 @@ class SparseSystem(NumpyVectors):
         self.b_norm = np.max(np.abs(b), axis=0) if b.size else np.zeros(self.k)
         self._abs: Any = None
         self._long: tuple[Any, np.ndarray] | None = None
+        self.scaling = Scaling()
+        self.norm_inf = 0.0
+        if self.n == 0:
+            return
         magnitudes = self.abs_matrix()
         row_max = magnitudes.max(axis=1).toarray().ravel()
         col_max = magnitudes.max(axis=0).toarray().ravel()

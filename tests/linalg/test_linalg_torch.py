@@ -1,0 +1,87 @@
+"""The ``device="cuda"`` code, run on torch's CPU backend (``device="torch-cpu"``) so that CI covers it:
+every precision, stacks, tensors in and out, GMRES-IR on torch tensors, and honest bounds."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from linalg_helpers import U, forward_errors, load_real, reference_solution, right_hand_side, with_condition
+
+from refinekit.linalg import solve
+
+torch = pytest.importorskip("torch")
+
+
+@pytest.mark.parametrize("precision", ["single", "half", "bfloat16", "tf32", "double"])
+def test_every_precision_on_a_real_matrix(precision):
+    a = load_real("west0479")
+    b = right_hand_side(a)
+    reference = reference_solution(a, b)
+    numpy_error, _ = forward_errors(np.linalg.solve(a, b), reference)
+    result = solve(a, b, device="torch-cpu", precision=precision)
+    assert isinstance(result.x, np.ndarray) and result.device == "cpu"
+    normwise, componentwise = forward_errors(result.x, reference)
+    assert result.success, result.message
+    assert normwise <= result.forward_error_bound and componentwise <= result.componentwise_error_bound
+    assert normwise <= 10 * max(numpy_error, a.shape[0] * U)
+    assert result.backward_error <= np.sqrt(a.shape[0]) * U
+    if precision == "double":
+        assert result.path == "double"
+
+
+def test_tensors_in_tensors_out_and_stacks():
+    rng = np.random.default_rng(4)
+    a = torch.as_tensor(rng.standard_normal((3, 40, 40)) + 10 * np.eye(40))
+    b = torch.as_tensor(rng.standard_normal((3, 40, 2)))
+    result = solve(a, b, precision="half")
+    assert isinstance(result.x, torch.Tensor) and result.x.shape == (3, 40, 2)
+    expected = np.linalg.solve(a.numpy(), b.numpy())
+    np.testing.assert_allclose(result.x.numpy(), expected, rtol=1e-12, atol=1e-13)
+    assert result.success and result.forward_error_bounds.shape == (3, 2)
+    vector = solve(a, b[0, :, 0])
+    assert vector.x.shape == (3, 40) and vector.forward_error_bounds.shape == (3,)
+
+
+def test_gmres_ir_runs_on_tensors():
+    a = load_real("rajat19")
+    b = right_hand_side(a)
+    reference = reference_solution(a, b)
+    result = solve(a, b, device="torch-cpu", method="gmres-ir")
+    assert result.success and result.path == "gmres-ir", result.attempts
+    assert result.attempts[0].inner_iterations > 0
+    normwise, _ = forward_errors(result.x, reference)
+    assert normwise <= result.forward_error_bound
+
+
+def test_hard_stack_falls_back_to_double_without_gmres():
+    a = np.stack([with_condition(60, 1e11, seed=s) for s in range(2)])
+    b = np.stack([right_hand_side(m) for m in a])[..., None]
+    result = solve(a, b, device="torch-cpu")
+    assert [attempt.path for attempt in result.attempts] == ["ir", "double"]
+    for i in range(2):
+        normwise, _ = forward_errors(result.x[i, :, 0], reference_solution(a[i], b[i, :, 0]))
+        assert normwise <= result.forward_error_bounds[i]
+
+
+def test_blocked_lu_matches_the_matrix():
+    from refinekit.linalg.torch_backend import blocked_lu
+
+    rng = np.random.default_rng(5)
+    a = torch.as_tensor(rng.standard_normal((70, 70)), dtype=torch.float32)
+    for precision, tolerance in (("single", 1e-5), ("bfloat16", 5e-2), ("half", 1e-2)):
+        lu, perm = blocked_lu(a.clone(), precision, block=16)
+        lower = torch.tril(lu, -1) + torch.eye(70)
+        error = (lower @ torch.triu(lu) - a[perm]).abs().max() / a.abs().max()
+        assert float(error) < tolerance, (precision, float(error))
+
+
+def test_bad_torch_input():
+    from refinekit.core import InputError
+
+    with pytest.raises(InputError, match="NaN or Inf"):
+        solve(torch.tensor([[1.0, float("nan")], [0.0, 1.0]]), torch.ones(2))
+    with pytest.raises(InputError, match="square"):
+        solve(torch.ones(2, 3), torch.ones(2))
+    if not torch.cuda.is_available():
+        with pytest.raises(InputError, match="no CUDA device"):
+            solve(np.eye(2), np.ones(2), device="cuda")
