@@ -275,6 +275,10 @@ class FreeSliceScore:
         if rows.size == 0 or cols.size == 0:
             raise InputError(f"the border ({b} px) leaves no pixels of a {w}x{h} image to score")
         self.pixels = (rows[:, None] * w + cols[None, :]).ravel()
+        # spatial blocks (about 8 x 8 of them) for the standard error of score differences
+        block_rows = np.minimum(np.arange(rows.size) * 8 // rows.size, 7)
+        block_cols = np.minimum(np.arange(cols.size) * 8 // cols.size, 7)
+        self.blocks = (block_rows[:, None] * 8 + block_cols[None, :]).ravel()
         self.observed = frames.reshape(frames.shape[0], -1)[:, self.pixels]
         self.table = table
         self.z = np.asarray(z, dtype=np.float64)
@@ -291,6 +295,17 @@ class FreeSliceScore:
 
     def __call__(self, depth: np.ndarray) -> float:
         return float(np.sqrt(np.mean(np.square(self.per_frame(depth)))))
+
+    def block_errors(self, depth: np.ndarray) -> np.ndarray:
+        """Mean squared prediction error per (held-out frame, spatial block), flattened."""
+        sampled = np.ravel(depth)[self.pixels]
+        out = []
+        for observed, position in zip(self.observed, self.z, strict=True):
+            predicted = self.table.predict_at(self.blur_rate * np.abs(sampled - position), self.pixels)
+            squared = np.square(predicted - observed, dtype=np.float64)
+            counts = np.bincount(self.blocks, minlength=64)
+            out.append(np.bincount(self.blocks, squared, minlength=64)[counts > 0] / counts[counts > 0])
+        return np.concatenate(out)
 
 
 def estimate_blur_rate(table: BlurTable, frames: np.ndarray, z: np.ndarray, depth: np.ndarray,
@@ -402,6 +417,30 @@ class DepthEstimate:
         return out
 
 
+def _apply_rule(choice: WeightChoice, scorer: FreeSliceScore, rule: str) -> tuple[float, float, str]:
+    """(weight, its free score, message) from the trials of a weight choice under ``rule``."""
+    feasible = [t for t in choice.trials if t.feasible and np.isfinite(t.free)]
+    best = min(feasible, key=lambda t: t.free)
+    if rule == "min":
+        return best.weight, best.free, choice.message
+    reference = scorer.block_errors(choice.results[best.weight].x)
+    chosen = best
+    for trial in sorted(feasible, key=lambda t: t.weight):
+        if trial.weight <= best.weight:
+            continue
+        difference = scorer.block_errors(choice.results[trial.weight].x) - reference
+        standard_error = float(difference.std(ddof=1) / np.sqrt(difference.size))
+        if float(difference.mean()) <= standard_error:
+            chosen = trial
+    message = (f"weight {chosen.weight:.4g}: the largest of {len(choice.trials)} trial weights whose "
+               f"free score ({chosen.free:.5g}) is within one standard error of the lowest "
+               f"({best.free:.5g}, weight {best.weight:.4g})")
+    weights = [t.weight for t in choice.trials]
+    if chosen.weight == max(weights) or best.weight == min(weights):
+        message += "; the choice is at a bound of the weight range: widen the bounds"
+    return chosen.weight, chosen.free, message
+
+
 def default_free_frames(n_frames: int, every: int = 3) -> list[int]:
     """Held-out frames: every ``every``-th interior frame (2, 5, 8, ... for ``every`` = 3), never the
     first or last (a held-out end frame would be predicted by extrapolation). Empty below 5 frames.
@@ -429,6 +468,7 @@ def estimate_depth(
     n_golden: int = 2,
     trial_cycles: int = 2,
     max_cycles: int = 10,
+    rule: str = "one_se",
     callbacks: Sequence[Any] = (),
 ) -> DepthEstimate:
     """Depth map from a focus volume (``volume[k]``: windowed focus measure of frame ``k`` at position
@@ -437,6 +477,10 @@ def estimate_depth(
     With ``weight`` None the smoothness weight is chosen by free-slice cross-validation between
     ``bounds``: ``free_frames`` (default :func:`default_free_frames`) are held out, and each trial
     weight is scored by how well the depth and all-in-focus image made without them predict them.
+    ``rule``: ``min`` takes the weight of the lowest free score; ``one_se`` (default) the largest
+    weight whose free score is not worse than the lowest by more than one standard error of the
+    paired difference (over spatial blocks of the held-out frames) - the one-standard-error rule of
+    cross-validation: the smoother surface unless the held-out frames say it predicts them worse.
     The final depth map is then refined on all frames with the chosen weight. ``guide`` (the fused
     all-in-focus grey image on the grid; made from ``greys`` if not given) steers the edge weights.
     """
@@ -447,6 +491,8 @@ def estimate_depth(
     if greys.shape != volume.shape or z.size != n:
         raise InputError("focus volume, grey frames and positions must describe the same frames")
     border = max(2, min(volume.shape[1:]) // 25) if border is None else border
+    if rule not in ("min", "one_se"):
+        raise InputError(f"unknown weight rule {rule!r} (min, one_se)")
     if isinstance(free_frames, FreeFlags):
         free_list = [int(i) for i in np.flatnonzero(free_frames.free)]
     elif free_frames is None:
@@ -476,10 +522,7 @@ def estimate_depth(
 
         choice = choose_weight(make_problem, bounds=bounds, n_grid=n_grid, n_golden=n_golden,
                                max_cycles=trial_cycles, xtol=1e-3)
-        weight = choice.weight
-        best = min(choice.trials, key=lambda t: t.free if t.feasible else np.inf)
-        free_score = best.free
-        message = choice.message
+        weight, free_score, message = _apply_rule(choice, scorer, rule)
     elif weight is None:
         weight = float(np.sqrt(bounds[0] * bounds[1]))
         message = (f"too few frames ({n}) to hold any out: smoothness weight {weight:.3g} "
