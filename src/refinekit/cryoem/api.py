@@ -179,15 +179,7 @@ def write_refinement(
     write_map(paths["mask.mrc"], mask, pixel)
     if state.poses is not None:
         blocks = particles_star_blocks(
-            stack,
-            out,
-            rotations=state.poses.rotations,
-            origins=state.poses.origins,
-            subsets=result.subsets,
-            extra={
-                "rlnMaxValueProbDistribution": np.clip(state.poses.scores, 0, None)
-                / max(1e-30, float(np.max(np.abs(state.poses.scores))))
-            },
+            stack, out, rotations=state.poses.rotations, origins=state.poses.origins, subsets=result.subsets
         )
         write_star(paths["particles.star"], blocks, "refinekit cryoem refine: refined poses")
     fsc = state.fsc

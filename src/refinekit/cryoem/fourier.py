@@ -26,6 +26,17 @@ from .backend import Array, Backend, NumpyBackend
 
 
 # ------------------------------------------------------------------------------- frequency points
+def fft_indices(n: int) -> np.ndarray:
+    """The integer frequencies of an ``n``-point FFT in numpy's order, as exact floats
+    (``numpy.fft.fftfreq(n) * n`` is off by rounding, e.g. 6.999999999999999 for 7).
+
+    >>> fft_indices(5).tolist(), fft_indices(4).tolist()
+    ([0.0, 1.0, 2.0, -2.0, -1.0], [0.0, 1.0, -2.0, -1.0])
+    """
+    k = np.arange(n)
+    return np.where(k < (n + 1) // 2, k, k - n).astype(np.float64)
+
+
 @dataclass(frozen=True)
 class FourierPoints:
     """A set of 2D Fourier indices of a ``box``-pixel image: the half plane ``kx > 0`` or
@@ -58,7 +69,7 @@ def half_plane_points(box: int, r_max: float, r_min: float = 0.5) -> FourierPoin
     (6, [1, 2])
     """
     r_max = min(float(r_max), box / 2 - 0.5)
-    freq = np.fft.fftfreq(box) * box
+    freq = fft_indices(box)
     ky, kx = np.meshgrid(freq, freq, indexing="ij")
     radius = np.hypot(kx, ky)
     keep = (radius >= r_min) & (radius <= r_max) & ((kx > 0) | ((kx == 0) & (ky > 0)))
@@ -315,7 +326,7 @@ class BackProjector:
 
     def shell_of_padded_grid(self) -> np.ndarray:
         """Shell (rounded radius in ``box`` frequency units) of every padded-grid point."""
-        freq = np.fft.fftfreq(self.size) * self.size / self.pad
+        freq = fft_indices(self.size) / self.pad
         r = np.sqrt(freq[:, None, None] ** 2 + freq[None, :, None] ** 2 + freq[None, None, :] ** 2)
         return np.rint(r).astype(np.int64)
 

@@ -15,10 +15,12 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
+from .fourier import fft_indices
+
 
 def frequency_shells(box: int) -> np.ndarray:
     """Rounded radius of every point of a ``box^3`` fft-layout transform."""
-    f = np.fft.fftfreq(box) * box
+    f = fft_indices(box)
     return np.rint(np.sqrt(f[:, None, None] ** 2 + f[None, :, None] ** 2 + f[None, None, :] ** 2)).astype(int)
 
 
@@ -79,7 +81,7 @@ def lowpass(volume: np.ndarray, shell: float, edge: float = 2.0) -> np.ndarray:
     """Low-pass filter to ``shell`` (in Fourier pixels) with a raised-cosine edge ``edge`` shells wide
     centred on it (works for 2D and 3D arrays)."""
     box = volume.shape[0]
-    f = np.fft.fftfreq(box) * box
+    f = fft_indices(box)
     grids = np.meshgrid(*([f] * volume.ndim), indexing="ij")
     radius = np.sqrt(sum(g * g for g in grids))
     filt = raised_cosine(radius, shell, edge)
@@ -138,16 +140,13 @@ def solvent_mask(
 
 def phase_randomised(volume: np.ndarray, from_shell: int, rng: np.random.Generator) -> np.ndarray:
     """The map with the phases of every shell ``>= from_shell`` replaced by random ones (amplitudes
-    kept; Hermitian symmetry kept, so the map stays real)."""
-    box = volume.shape[0]
-    transform = np.fft.rfftn(volume)
-    f = np.fft.fftfreq(box) * box
-    fr = np.fft.rfftfreq(box) * box
-    radius = np.sqrt(f[:, None, None] ** 2 + f[None, :, None] ** 2 + fr[None, None, :] ** 2)
-    outer = np.rint(radius) >= from_shell
+    kept; the random phases are odd, ``phi(-k) = -phi(k)``, so the map stays real)."""
+    transform = np.fft.fftn(volume)
     phases = rng.uniform(0, 2 * np.pi, size=transform.shape)
-    transform[outer] = np.abs(transform[outer]) * np.exp(1j * phases[outer])
-    return np.fft.irfftn(transform, s=volume.shape)
+    odd = phases - np.roll(np.flip(phases), 1, axis=(0, 1, 2))  # phi(k) - phi(-k): still uniform mod 2 pi
+    outer = frequency_shells(volume.shape[0]) >= from_shell
+    transform[outer] = np.abs(transform[outer]) * np.exp(1j * odd[outer])
+    return np.fft.ifftn(transform).real
 
 
 @dataclass

@@ -105,6 +105,9 @@ def _atomic_target(path: Path) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give what open() would have given
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -118,13 +121,16 @@ def write_mrc(path: str | os.PathLike[str], data: np.ndarray, pixel_size: float 
 
     path = Path(path)
     array = np.ascontiguousarray(data, dtype=np.float32)
-    with _atomic_target(path) as tmp, mrcfile.new(tmp, overwrite=True) as mrc:
-        mrc.set_data(array)
-        if path.suffix.lower() == ".mrcs":
-            mrc.set_image_stack()
-        if pixel_size is not None:
-            mrc.voxel_size = float(pixel_size)
-        mrc.update_header_stats()
+    # mrcfile warns about header statistics of non-finite data (the tests write such files on purpose)
+    with _atomic_target(path) as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        with mrcfile.new(tmp, overwrite=True) as mrc:
+            mrc.set_data(array)
+            if path.suffix.lower() == ".mrcs":
+                mrc.set_image_stack()
+            if pixel_size is not None:
+                mrc.voxel_size = float(pixel_size)
+            mrc.update_header_stats()
 
 
 def write_map(path: str | os.PathLike[str], volume: np.ndarray, pixel_size: float | None) -> None:

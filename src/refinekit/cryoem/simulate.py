@@ -22,7 +22,7 @@ from scipy import ndimage
 
 from ..core import InputError
 from .ctf import CTFParameters
-from .fourier import FourierVolume, centred_ifft2, half_plane_points, shift_phases
+from .fourier import FourierVolume, centred_ifft2, fft_indices, half_plane_points, shift_phases
 from .fsc import lowpass, resolution_to_shell
 from .geometry import axis_angle_matrix, random_rotations
 
@@ -54,7 +54,7 @@ def resample_map(volume: np.ndarray, box: int) -> np.ndarray:
 def band_limit(volume: np.ndarray) -> np.ndarray:
     """The map with every Fourier component at or beyond Nyquist (radius ``box / 2``) removed."""
     box = volume.shape[0]
-    f = np.fft.fftfreq(box) * box
+    f = fft_indices(box)
     radius = np.sqrt(f[:, None, None] ** 2 + f[None, :, None] ** 2 + f[None, None, :] ** 2)
     return np.fft.ifftn(np.fft.fftn(volume) * (radius < box / 2 - 0.5)).real
 

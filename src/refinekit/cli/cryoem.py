@@ -1,0 +1,262 @@
+"""``refinekit cryoem simulate | refine | reconstruct``: single-particle cryo-EM on the engine."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from .common import ProgressBar, check_outputs, emit, exit_code, handle_errors
+
+app = typer.Typer(
+    help="Single-particle cryo-EM: simulate particles, refine poses and map with gold-standard half maps.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+
+def _check_output_folder(out: Path, inputs: list[Path], names: tuple[str, ...]) -> None:
+    from ..core import InputError
+
+    if out.exists() and not out.is_dir():
+        raise InputError("the output folder exists and is not a folder", path=out)
+    parent = out.parent if str(out.parent) else Path(".")
+    if not out.exists() and not parent.is_dir():
+        raise InputError(f"the folder {parent} does not exist", path=out)
+    resolved = {p.resolve() for p in inputs if p.exists()}
+    for name in names:
+        if (out / name).exists() and (out / name).resolve() in resolved:
+            raise InputError(f"output {out / name} would overwrite an input")
+
+
+@app.command("simulate", no_args_is_help=True)
+@handle_errors
+def simulate_command(
+    map_path: Path = typer.Argument(..., metavar="MAP", help="MRC map to project."),
+    n: int = typer.Option(..., "-n", help="Number of particles."),
+    snr: float = typer.Option(..., "--snr", help="Signal-to-noise ratio (signal variance / noise variance)."),
+    box: int | None = typer.Option(None, "--box", help="Image size in pixels (the map is resampled to it)."),
+    pixel_size: float | None = typer.Option(
+        None,
+        "--pixel-size",
+        help="Pixel size of the images in A (default: the map's, scaled by the resampling).",
+    ),
+    out: Path = typer.Option(..., "-o", "--out", help="Output folder."),
+    seed: int = typer.Option(0, "--seed", help="Random seed."),
+    defocus_min: float = typer.Option(1.5, "--defocus-min", help="Smallest defocus in um."),
+    defocus_max: float = typer.Option(2.5, "--defocus-max", help="Largest defocus in um."),
+    max_shift: float = typer.Option(3.0, "--max-shift", help="Largest particle shift in pixels."),
+    voltage: float = typer.Option(300.0, "--voltage", help="Acceleration voltage in kV."),
+    cs: float = typer.Option(2.7, "--cs", help="Spherical aberration in mm."),
+    amplitude_contrast: float = typer.Option(
+        0.1, "--amplitude-contrast", help="Amplitude contrast (fraction)."
+    ),
+    start_lowpass: float = typer.Option(
+        40.0, "--start-lowpass", help="Low-pass (A) of initial_reference.mrc."
+    ),
+    start_rotation: float = typer.Option(
+        0.0, "--start-rotation", help="Rotate initial_reference.mrc by this many degrees about a random axis."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON summary to stdout."),
+) -> None:
+    """Simulate particles from MAP: random orientations and shifts, CTF, noise at --snr.
+
+    Writes OUT/particles.mrcs and particles.star (RELION 3.1, no poses), truth.star (the true poses),
+    truth.mrc (the map the images carry) and initial_reference.mrc (the truth low-passed, and rotated
+    if asked: a start for `refinekit cryoem refine`).
+    """
+    from ..core import InputError
+    from ..cryoem import read_map, resample_map, simulate_particles, starting_reference, write_simulation
+
+    if n < 1:
+        raise InputError(f"-n must be at least 1, got {n}")
+    if not snr > 0:
+        raise InputError(f"--snr must be positive, got {snr}")
+    if box is not None and not 16 <= box <= 1024:
+        raise InputError(f"--box must be between 16 and 1024 pixels, got {box}")
+    if not 0 < defocus_min <= defocus_max:
+        raise InputError("the defocus range must be positive with --defocus-min <= --defocus-max")
+    if max_shift < 0:
+        raise InputError("--max-shift must not be negative")
+    if not 0 <= amplitude_contrast < 1:
+        raise InputError("--amplitude-contrast must be in [0, 1)")
+    density = read_map(map_path)
+    target_box = box or density.box
+    if pixel_size is None:
+        if density.pixel_size is None:
+            raise InputError("the map header has no voxel size: give --pixel-size", path=map_path)
+        pixel_size = density.pixel_size * density.box / target_box
+    if not pixel_size > 0:
+        raise InputError(f"--pixel-size must be positive, got {pixel_size}")
+    if not start_lowpass > 2 * pixel_size:
+        raise InputError(f"--start-lowpass must be coarser than Nyquist ({2 * pixel_size:g} A)")
+    names = ("particles.mrcs", "particles.star", "truth.star", "truth.mrc", "initial_reference.mrc")
+    _check_output_folder(out, [map_path], names)
+    volume = resample_map(density.data.astype(float), target_box)
+    sim = simulate_particles(
+        volume,
+        pixel_size,
+        n,
+        snr,
+        seed=seed,
+        defocus_range=(defocus_min * 1e4, defocus_max * 1e4),
+        max_shift=max_shift,
+        voltage=voltage,
+        cs=cs,
+        amplitude_contrast=amplitude_contrast,
+    )
+    reference, rotation = starting_reference(
+        sim.volume, pixel_size, start_lowpass, start_rotation, seed=seed + 1
+    )
+    paths = write_simulation(out, sim, reference=reference)
+    payload = {
+        "n": n,
+        "snr": snr,
+        "box": target_box,
+        "pixel_size_a": pixel_size,
+        "seed": seed,
+        "start_lowpass_a": start_lowpass,
+        "start_rotation_deg": start_rotation,
+        "start_rotation_matrix": rotation.tolist(),
+        "files": {k: str(v) for k, v in paths.items()},
+    }
+    text = (
+        f"simulated {n} particles ({target_box} px, {pixel_size:.4g} A/px, SNR {snr:g}) in {out}:\n"
+        + "\n".join(f"  {p.name}" for p in paths.values())
+    )
+    emit(payload, text, as_json)
+
+
+@app.command("refine", no_args_is_help=True)
+@handle_errors
+def refine_command(
+    particles: Path = typer.Argument(..., metavar="PARTICLES.star", help="RELION STAR file (3.0 or 3.1)."),
+    reference: Path = typer.Option(..., "--reference", help="Initial reference map (MRC)."),
+    out: Path | None = typer.Option(None, "-o", "--out", help="Output folder (default: <stem>_refined)."),
+    device: str = typer.Option("cpu", "--device", help="cpu (numpy) or cuda (torch)."),
+    max_iterations: int = typer.Option(20, "--max-iterations", help="At most this many iterations."),
+    diameter: float | None = typer.Option(
+        None, "--diameter", help="Particle diameter in A (default: 90% of box)."
+    ),
+    initial_lowpass: float = typer.Option(
+        40.0, "--initial-lowpass", help="Trust the reference to this many A."
+    ),
+    global_iterations: int = typer.Option(2, "--global-iterations", help="Iterations with a global search."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the half-set split (where the STAR has none)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON to stdout."),
+) -> None:
+    """Refine particle poses and the 3D map by projection matching, halves refined independently.
+
+    Writes OUT/map.mrc, half_map_1.mrc, half_map_2.mrc, mask.mrc, particles.star (angles and
+    rlnOriginX/YAngst in RELION's conventions, rlnRandomSubset), fsc.csv and fsc.png (unmasked, masked,
+    phase-randomised, corrected) and iterations.json (one record per iteration).
+    """
+    from ..core import InputError
+    from ..cryoem import RefineOptions, read_map, read_particles, refine_particles, write_refinement
+    from ..cryoem.api import OUTPUT_FILES
+    from ..cryoem.backend import get_backend
+
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise InputError(f"--device must be cpu or cuda, got {device!r}")
+    out = out if out is not None else Path(f"{particles.stem}_refined")
+    check_outputs([], [particles, reference])
+    stack = read_particles(particles)
+    density = read_map(reference)
+    if density.box != stack.box:
+        raise InputError(
+            f"the reference is {density.box} voxels across but the particles are {stack.box} pixels",
+            path=reference,
+        )
+    if (
+        density.pixel_size is not None
+        and abs(density.pixel_size - stack.pixel_size) > 0.01 * stack.pixel_size
+    ):
+        raise InputError(
+            f"the reference's voxel size ({density.pixel_size:.4g} A) differs from the particles' "
+            f"pixel size ({stack.pixel_size:.4g} A)",
+            path=reference,
+        )
+    inputs = [particles, reference, *{p for p, _ in stack.image_names}]
+    _check_output_folder(out, inputs, OUTPUT_FILES)
+    if stack.subsets is not None and len(set(stack.subsets.tolist())) == 1:
+        raise InputError(
+            f"every particle has rlnRandomSubset {int(stack.subsets[0])}: both halves need particles",
+            path=particles,
+        )
+    options = RefineOptions(
+        max_iterations=max_iterations,
+        diameter=diameter,
+        initial_lowpass=initial_lowpass,
+        global_iterations=global_iterations,
+        seed=seed,
+    )
+    options.check(stack.box, stack.pixel_size)
+    backend = get_backend(None, device)
+
+    def log(line: str) -> None:
+        if not as_json:
+            typer.echo(line, err=True)
+
+    result = refine_particles(
+        stack, density.data, options, backend=backend, callbacks=[ProgressBar("refining")], log=log
+    )
+    paths = write_refinement(out, result, stack, inputs)
+    payload = result.to_dict()
+    payload["outputs"] = {k: str(v) for k, v in paths.items()}
+    text = result.report() + f"\noutputs     : {out}/ ({', '.join(sorted(p.name for p in paths.values()))})"
+    emit(payload, text, as_json)
+    raise typer.Exit(exit_code(result))
+
+
+@app.command("reconstruct", no_args_is_help=True)
+@handle_errors
+def reconstruct_command(
+    particles: Path = typer.Argument(..., metavar="PARTICLES.star", help="RELION STAR file with angles."),
+    out: Path = typer.Option(..., "-o", "--out", help="Output map (MRC); half maps go beside it."),
+    box: int | None = typer.Option(None, "--box", help="Downsample the images to this many pixels first."),
+    device: str = typer.Option("cpu", "--device", help="cpu (numpy) or cuda (torch)."),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON summary to stdout."),
+) -> None:
+    """Reconstruct a map from particles at the angles and origins their STAR file gives.
+
+    Where the STAR has both halves (rlnRandomSubset 1 and 2), OUT_half_map_1/2.mrc are written too and
+    the FSC resolution is reported.
+    """
+    from ..core import InputError
+    from ..cryoem import read_particles, reconstruct_particles, write_map
+    from ..cryoem.preprocess import downsample_stack
+
+    if out.suffix.lower() not in (".mrc", ".map"):
+        raise InputError("the output map must end in .mrc or .map", path=out)
+    halves_out = [out.with_name(f"{out.stem}_half_map_{h}{out.suffix}") for h in (1, 2)]
+    check_outputs([out, *halves_out], [particles])
+    stack = read_particles(particles)
+    check_outputs([out, *halves_out], [particles, *{p for p, _ in stack.image_names}])
+    if stack.rotations is None:
+        raise InputError(
+            "no rlnAngleRot/rlnAngleTilt/rlnAnglePsi columns to reconstruct from", path=particles
+        )
+    if box is not None:
+        if not 8 <= box <= stack.box:
+            raise InputError(f"--box must be between 8 and the images' {stack.box} pixels, got {box}")
+        stack = downsample_stack(stack, box)
+    full, halves, fsc = reconstruct_particles(stack, device=device)
+    write_map(out, full, stack.pixel_size)
+    payload: dict = {
+        "map": str(out),
+        "n_particles": len(stack),
+        "box": stack.box,
+        "pixel_size_a": stack.pixel_size,
+    }
+    text = f"reconstructed {len(stack)} particles ({stack.box} px, {stack.pixel_size:.4g} A/px) -> {out}"
+    if halves is not None and fsc is not None:
+        for path, half in zip(halves_out, halves, strict=True):
+            write_map(path, half, stack.pixel_size)
+        payload["half_maps"] = [str(p) for p in halves_out]
+        payload["resolution_a"] = fsc.resolution("unmasked")
+        text += (
+            f"\nhalf maps -> {halves_out[0].name}, {halves_out[1].name}; FSC 0.143: {fsc.resolution():.2f} A"
+        )
+    emit(payload, text, as_json)

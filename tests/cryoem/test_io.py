@@ -1,0 +1,183 @@
+"""Reading and writing: the three real RELION stacks, STAR round trips, and bad input refused."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import write_stack_and_star
+from refinekit.core import InputError
+from refinekit.cryoem import euler_to_matrix, read_map, read_particles, reconstruct_particles, write_map
+from refinekit.cryoem.io import particles_star_blocks, write_star
+from refinekit.cryoem.preprocess import downsample_stack
+
+
+def particles_dir(shared_data):
+    return shared_data / "cryoem" / "particles"
+
+
+def test_relion31_stack(shared_data):
+    stack = read_particles(particles_dir(shared_data) / "cryodrgn_relion31_5" / "relion31.star")
+    assert len(stack) == 5 and stack.box == 256
+    assert stack.pixel_size == pytest.approx(2.806)
+    assert np.all(stack.ctf.voltage == 300) and np.all(stack.ctf.cs == 0.01)
+    assert np.all(stack.ctf.amplitude_contrast == 0.1)
+    assert stack.ctf.defocus_u[0] == pytest.approx(13108.082418)
+    assert stack.ctf.defocus_v[0] == pytest.approx(12845.582418)
+    assert stack.ctf.defocus_angle[0] == pytest.approx(-160.39)
+    assert np.allclose(stack.rotations[0], euler_to_matrix(-102.30296, 82.318041, 124.706463))
+    assert np.allclose(stack.euler_angles[4], [162.855018, 84.493794, 140.014019])
+    assert np.allclose(stack.origins[0] * 2.806, [0.019324, -0.64686])
+    assert np.all(stack.subsets == 1)
+    assert stack.images.dtype == np.float32 and np.isfinite(stack.images).all()
+
+
+def test_aspire_stack_with_two_optics_groups(shared_data):
+    stack = read_particles(particles_dir(shared_data) / "aspire_sample17" / "sample_particles_relion31.star")
+    assert len(stack) == 17 and stack.box == 200
+    assert stack.pixel_size == pytest.approx(1.4)
+    # optics group 1 is at 300 kV, group 2 (particles 9..17) at 200 kV
+    assert np.all(stack.ctf.voltage[:8] == 300) and np.all(stack.ctf.voltage[8:] == 200)
+    assert stack.ctf.defocus_u[0] == pytest.approx(21186.804688)
+    assert np.allclose(stack.euler_angles[0], [109.18664, 122.200343, 71.118492])
+    assert np.allclose(stack.origins[3] * 1.4, [-0.0504, -0.3004])
+    assert stack.subsets.tolist()[:5] == [2, 2, 1, 1, 1]
+
+
+def test_empiar_relion30_stack(shared_data):
+    stack = read_particles(particles_dir(shared_data) / "empiar10076_7" / "empiar_10076_7.star")
+    assert len(stack) == 7 and stack.box == 320
+    assert stack.pixel_size == pytest.approx(5 * 1e4 / 38168)  # detector 5 um / magnification
+    assert np.all(stack.ctf.amplitude_contrast == 0.07)
+    assert stack.ctf.defocus_v[6] == pytest.approx(14792.7)
+    assert stack.rotations is None and stack.origins is None and stack.subsets is None
+
+
+@pytest.mark.parametrize("path", ["cryodrgn_relion31_5/relion31.star",
+                                  "aspire_sample17/sample_particles_relion31.star"])
+def test_reconstruction_from_the_given_angles(shared_data, path):
+    stack = downsample_stack(read_particles(particles_dir(shared_data) / path), 64)
+    assert stack.box == 64
+    full, halves, fsc = reconstruct_particles(stack)
+    assert full.shape == (64, 64, 64) and np.isfinite(full).all() and full.std() > 0
+    if halves is not None:
+        assert fsc is not None and np.isfinite(fsc.unmasked).all()
+
+
+def test_star_round_trip(tmp_path):
+    rng = np.random.default_rng(0)
+    images = rng.normal(size=(6, 16, 16)).astype(np.float32)
+    text = """data_optics
+loop_
+_rlnOpticsGroup
+_rlnImagePixelSize
+_rlnVoltage
+_rlnSphericalAberration
+_rlnAmplitudeContrast
+_rlnImageSize
+1 2.5 300 2.7 0.1 16
+data_particles
+loop_
+_rlnImageName
+_rlnDefocusU
+_rlnDefocusV
+_rlnDefocusAngle
+_rlnOpticsGroup
+_rlnMicrographName
+""" + "".join(f"{i + 1}@stack.mrcs {15000 + i} {14900 + i} {10 * i} 1 mic{i % 2}.mrc\n" for i in range(6))
+    star = write_stack_and_star(tmp_path, text, images)
+    stack = read_particles(star)
+    rotations = euler_to_matrix(rng.uniform(-180, 180, 6), rng.uniform(0, 180, 6), rng.uniform(-180, 180, 6))
+    origins = rng.normal(size=(6, 2))
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    blocks = particles_star_blocks(stack, out_dir, rotations=rotations, origins=origins,
+                                   subsets=np.array([1, 2, 1, 2, 1, 2]))
+    write_star(out_dir / "particles.star", blocks)
+    back = read_particles(out_dir / "particles.star")
+    assert np.allclose(back.images, images)
+    assert np.allclose(back.rotations, rotations, atol=1e-5)
+    assert np.allclose(back.origins, origins, atol=1e-5)
+    assert back.subsets.tolist() == [1, 2, 1, 2, 1, 2]
+    assert back.pixel_size == 2.5 and np.allclose(back.ctf.defocus_v, stack.ctf.defocus_v)
+    assert list(back.particles["rlnMicrographName"]) == [f"mic{i % 2}.mrc" for i in range(6)]
+
+
+def test_map_round_trip(tmp_path):
+    volume = np.random.default_rng(1).normal(size=(12, 12, 12)).astype(np.float32)
+    write_map(tmp_path / "m.mrc", volume, 3.5)
+    back = read_map(tmp_path / "m.mrc")
+    assert np.array_equal(back.data, volume) and back.pixel_size == pytest.approx(3.5)
+    assert (tmp_path / "m.mrc").stat().st_mode & 0o044  # readable by others, as open() would make it
+
+
+STAR_HEADER = "data_particles\nloop_\n_rlnImageName\n_rlnDefocusU\n_rlnVoltage\n_rlnSphericalAberration\n" \
+              "_rlnAmplitudeContrast\n_rlnPixelSize\n"
+
+
+def rows(n: int, stack: str = "stack.mrcs") -> str:
+    return "".join(f"{i + 1}@{stack} 15000 300 2.7 0.1 2.0\n" for i in range(n))
+
+
+BAD_CASES = {
+    "missing stack": (STAR_HEADER + rows(2, "nowhere.mrcs"), 2, "does not exist"),
+    "index beyond the stack": (STAR_HEADER + rows(3), 2, "stack holds 2"),
+    "no defocus": ("data_particles\nloop_\n_rlnImageName\n_rlnPixelSize\n1@stack.mrcs 2.0\n", 2, "rlnDefocusU"),
+    "no pixel size": ("data_particles\nloop_\n_rlnImageName\n_rlnDefocusU\n_rlnVoltage\n_rlnSphericalAberration\n"
+                      "_rlnAmplitudeContrast\n1@stack.mrcs 1e4 300 2.7 0.1\n", 2, "pixel size"),
+    "origins disagree": (STAR_HEADER.replace("_rlnPixelSize\n", "_rlnPixelSize\n_rlnOriginX\n_rlnOriginY\n"
+                                             "_rlnOriginXAngst\n_rlnOriginYAngst\n")
+                         + "1@stack.mrcs 15000 300 2.7 0.1 2.0 1 1 4 4\n", 2, "disagree"),
+    "bad subset": (STAR_HEADER.replace("_rlnPixelSize\n", "_rlnPixelSize\n_rlnRandomSubset\n")
+                   + "1@stack.mrcs 15000 300 2.7 0.1 2.0 3\n", 2, "rlnRandomSubset"),
+    "unknown optics group": ("data_optics\nloop_\n_rlnOpticsGroup\n_rlnImagePixelSize\n_rlnVoltage\n"
+                             "_rlnSphericalAberration\n_rlnAmplitudeContrast\n1 2.0 300 2.7 0.1\n"
+                             "data_particles\nloop_\n_rlnImageName\n_rlnDefocusU\n_rlnOpticsGroup\n"
+                             "1@stack.mrcs 15000 2\n", 2, "optics group"),
+    "image size contradicts the stack": ("data_optics\nloop_\n_rlnOpticsGroup\n_rlnImagePixelSize\n_rlnVoltage\n"
+                                         "_rlnSphericalAberration\n_rlnAmplitudeContrast\n_rlnImageSize\n"
+                                         "1 2.0 300 2.7 0.1 32\ndata_particles\nloop_\n_rlnImageName\n"
+                                         "_rlnDefocusU\n_rlnOpticsGroup\n1@stack.mrcs 15000 1\n", 2, "rlnImageSize"),
+    "not a star file": ("just some text\n", 2, "not a STAR file"),
+    "empty table": ("data_particles\nloop_\n_rlnImageName\n_rlnDefocusU\n", 2, "empty"),
+    "no image names": ("data_particles\nloop_\n_rlnDefocusU\n15000\n", 2, "rlnImageName"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_CASES))
+def test_bad_star_input_is_refused(tmp_path, case):
+    text, n_images, needle = BAD_CASES[case]
+    images = np.random.default_rng(2).normal(size=(n_images, 16, 16)).astype(np.float32)
+    star = write_stack_and_star(tmp_path, text, images)
+    with pytest.raises(InputError, match=needle) as info:
+        read_particles(star)
+    assert "\n" not in str(info.value)
+
+
+def test_nan_image_and_empty_stack_are_refused(tmp_path):
+    images = np.ones((2, 16, 16), dtype=np.float32)
+    images[1, 3, 4] = np.nan
+    star = write_stack_and_star(tmp_path, STAR_HEADER + rows(2), images)
+    with pytest.raises(InputError, match=r"image 2 contains NaN"):
+        read_particles(star)
+    star = write_stack_and_star(tmp_path, STAR_HEADER + rows(1), np.zeros((0, 16, 16), dtype=np.float32))
+    with pytest.raises(InputError, match=r"empty|does not exist|not a stack"):
+        read_particles(star)
+
+
+def test_bad_maps_are_refused(tmp_path):
+    from refinekit.cryoem.io import write_mrc
+
+    write_mrc(tmp_path / "flat.mrc", np.zeros((4, 8, 8), dtype=np.float32), 1.0)
+    with pytest.raises(InputError, match="not a cube"):
+        read_map(tmp_path / "flat.mrc")
+    bad = np.ones((8, 8, 8), dtype=np.float32)
+    bad[0, 0, 0] = np.inf
+    write_mrc(tmp_path / "inf.mrc", bad, 1.0)
+    with pytest.raises(InputError, match="NaN or Inf"):
+        read_map(tmp_path / "inf.mrc")
+    (tmp_path / "text.mrc").write_text("hello")
+    with pytest.raises(InputError, match=r"cannot read|not an MRC"):
+        read_map(tmp_path / "text.mrc")
+    with pytest.raises(InputError, match="no such"):
+        read_map(tmp_path / "missing.mrc")
