@@ -3,6 +3,7 @@ the fallbacks, and the pieces: norm estimator, GMRES, 16-bit rounding."""
 
 from __future__ import annotations
 
+import itertools
 import math
 import subprocess
 import sys
@@ -147,7 +148,7 @@ def test_corrections_shrink_until_they_stop_shrinking():
     steps = [r.step for r in result.history if r.step is not None]
     assert result.success and result.path == "ir"
     # contracting all the way, until the last correction was no longer half the one before it
-    assert all(later <= 0.5 * earlier for earlier, later in zip(steps[:-2], steps[1:-1], strict=True))
+    assert all(later <= 0.5 * earlier for earlier, later in itertools.pairwise(steps[:-1]))
     assert steps[-1] > 0.5 * steps[-2] or steps[-1] <= U
     assert [p for p, _ in result.correction_history] == ["ir"] * len(result.history)
 

@@ -127,7 +127,7 @@ def fgmres(
         return GmresOutcome(rhs * 0.0, 0, 1.0, False, gave_up)
     y = _back_substitute(hessenberg[:iterations, :iterations], g[:iterations])
     x = _like(basis, y) @ preconditioned[:iterations]
-    return GmresOutcome(x, iterations, float(residual), residual <= tol, gave_up)
+    return GmresOutcome(x, iterations, float(residual), bool(residual <= tol), gave_up)
 
 
 def _back_substitute(upper: np.ndarray, rhs: np.ndarray) -> np.ndarray:
