@@ -77,6 +77,7 @@ class PyramidFusion:
         self._den: list[np.ndarray] = []  # per level: sum of weights
         self._max: list[np.ndarray] = []  # per level: largest log-weight so far
         self._top = np.zeros(0, np.float32)  # sum of the coarsest Gaussian levels (plain average)
+        self._top_weight = np.zeros(0, np.float32)  # number of frames covering each coarsest pixel
 
     def add(self, frame: np.ndarray, valid: np.ndarray | None = None) -> None:
         """Blend in one frame (float32 in [0, 1], grey or RGB). ``valid`` (bool/0-1 mask, optional)
@@ -91,14 +92,19 @@ class PyramidFusion:
         energy = cv2.multiply(finest, finest)
         if energy.ndim == 3:
             energy = energy.sum(axis=2, dtype=np.float32)
-        if valid is not None:
-            energy *= np.asarray(valid, dtype=np.float32)
+        coverage = None if valid is None else np.asarray(valid, dtype=np.float32)
         first = self.n_frames == 0
+        tiny = np.float32(1e-30)
         for level in range(self.levels):
             if level > 0:
                 energy = cv2.pyrDown(energy, borderType=cv2.BORDER_REFLECT101)
+                if coverage is not None:
+                    coverage = cv2.pyrDown(coverage, borderType=cv2.BORDER_REFLECT101)
             local = cv2.GaussianBlur(energy, (0, 0), self.smoothing, borderType=cv2.BORDER_REFLECT101)
-            logit = cv2.log(np.maximum(local, np.float32(1e-30))) * np.float32(self.sharpness)
+            logit = cv2.log(np.maximum(local, tiny)) * np.float32(self.sharpness)
+            if coverage is not None:
+                # pixels the frame does not cover (extrapolated by the warp) lose to any covered frame
+                logit = cv2.add(logit, cv2.log(np.maximum(coverage, tiny)) * np.float32(4.0))
             band = bands[level]
             if first:
                 self._max.append(logit)
@@ -116,7 +122,14 @@ class PyramidFusion:
                 weight = cv2.merge([weight] * band.shape[2])
             self._num[level] = cv2.add(cv2.multiply(self._num[level], old_scale),
                                        cv2.multiply(band, weight))
-        self._top = bands[-1] if first else cv2.add(self._top, bands[-1])
+        # the coarsest level is a plain average over the frames that cover each pixel
+        if coverage is None:
+            cover_top = np.ones(bands[-1].shape[:2], np.float32)
+        else:
+            cover_top = np.clip(cv2.pyrDown(coverage, borderType=cv2.BORDER_REFLECT101), 0, 1)
+        weighted_top = bands[-1] * (cover_top[..., None] if bands[-1].ndim == 3 else cover_top)
+        self._top = weighted_top if first else cv2.add(self._top, weighted_top)
+        self._top_weight = cover_top if first else cv2.add(self._top_weight, cover_top)
         self.n_frames += 1
 
     def result(self) -> np.ndarray:
@@ -129,7 +142,8 @@ class PyramidFusion:
         for num, den in zip(self._num, self._den, strict=True):
             den = cv2.merge([den] * num.shape[2]) if num.ndim == 3 else den
             bands.append(cv2.divide(num, den))
-        bands.append(self._top * np.float32(1.0 / self.n_frames))
+        weight = np.maximum(self._top_weight, np.float32(1e-6))
+        bands.append(self._top / (weight[..., None] if self._top.ndim == 3 else weight))
         return collapse_pyramid(bands)
 
 

@@ -180,7 +180,7 @@ def _probe(path: Path) -> list[tuple[FrameRef, tuple[tuple[int, int], int, np.dt
     try:
         import imageio.v3 as iio
 
-        props = iio.improps(path)
+        props = iio.improps(path, plugin="pillow")
         shape = tuple(int(s) for s in props.shape)
         dtype = np.dtype(props.dtype)
     except Exception as exc:  # any decoder failure means an unreadable image

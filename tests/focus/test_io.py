@@ -1,0 +1,119 @@
+"""Reading stacks (folders, files, multi-page and ImageJ TIFF, 8/16 bit, grey/colour) and refusing
+bad ones with one line that names the file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import tifffile
+
+from refinekit.core import InputError
+from refinekit.focus.io import check_image_format, encode_image, read_stack, to_dtype, write_image
+
+
+def _write(path: Path, image: np.ndarray) -> Path:
+    data = cv2.cvtColor(image, cv2.COLOR_RGB2BGR) if image.ndim == 3 else image
+    assert cv2.imwrite(str(path), data)
+    return path
+
+
+def test_folder_is_read_in_natural_order(tmp_path: Path) -> None:
+    for k in (10, 2, 1):
+        _write(tmp_path / f"z{k}.png", np.full((5, 7), k, np.uint8))
+    (tmp_path / "notes.txt").write_text("not an image")
+    stack = read_stack([tmp_path])
+    assert stack.names == ["z1.png", "z2.png", "z10.png"]
+    assert [int(stack.read(i)[0, 0]) for i in range(3)] == [1, 2, 10]
+    assert stack.shape == (5, 7) and stack.channels == 1 and stack.bits == 8
+
+
+def test_colour_png_comes_back_as_rgb(tmp_path: Path) -> None:
+    image = np.zeros((4, 4, 3), np.uint8)
+    image[..., 0] = 200  # red
+    paths = [_write(tmp_path / f"c{k}.png", image) for k in range(2)]
+    stack = read_stack(paths)
+    frame = stack.read(0)
+    assert frame.shape == (4, 4, 3) and frame[0, 0].tolist() == [200, 0, 0]
+
+
+def test_sixteen_bit_frames_keep_their_depth(tmp_path: Path) -> None:
+    paths = [_write(tmp_path / f"d{k}.png", np.full((6, 6), 40000 + k, np.uint16)) for k in range(3)]
+    stack = read_stack(paths)
+    assert stack.dtype == np.uint16 and stack.bits == 16
+    assert stack.read(2)[0, 0] == 40002
+    assert abs(float(stack.read_float(0)[0, 0]) - 40000 / 65535) < 1e-6
+
+
+def test_multipage_and_imagej_tiff(tmp_path: Path) -> None:
+    data = np.arange(4 * 6 * 8, dtype=np.uint16).reshape(4, 6, 8)
+    tifffile.imwrite(tmp_path / "plain.tif", data, photometric="minisblack")
+    tifffile.imwrite(tmp_path / "ij.tif", data, imagej=True)
+    rgb = (np.arange(3 * 5 * 7 * 3) % 251).astype(np.uint8).reshape(3, 5, 7, 3)
+    tifffile.imwrite(tmp_path / "rgb.tif", rgb, photometric="rgb")
+    for name in ("plain.tif", "ij.tif"):
+        stack = read_stack([tmp_path / name])
+        assert len(stack) == 4 and stack.shape == (6, 8) and stack.dtype == np.uint16
+        assert np.array_equal(stack.read(3), data[3])
+        assert stack.names[3] == f"{name}[3]"
+    stack = read_stack([tmp_path / "rgb.tif"])
+    assert len(stack) == 3 and stack.channels == 3
+    assert np.array_equal(stack.read(1), rgb[1])
+
+
+def test_reordered_stack(tmp_path: Path) -> None:
+    paths = [_write(tmp_path / f"f{k}.png", np.full((3, 3), k, np.uint8)) for k in range(3)]
+    stack = read_stack(paths).reordered([2, 0, 1])
+    assert [int(stack.read(i)[0, 0]) for i in range(3)] == [2, 0, 1]
+
+
+@pytest.mark.parametrize("case", ["single", "sizes", "depths", "channels", "empty", "garbage", "missing",
+                                  "empty_folder"])
+def test_bad_stacks_are_refused_in_one_line(tmp_path: Path, case: str) -> None:
+    good = [_write(tmp_path / f"g{k}.png", np.zeros((8, 8), np.uint8)) for k in range(2)]
+    if case == "single":
+        inputs, needle = good[:1], "at least 2 frames"
+    elif case == "sizes":
+        inputs, needle = [*good, _write(tmp_path / "big.png", np.zeros((9, 8), np.uint8))], "one size"
+    elif case == "depths":
+        inputs, needle = [*good, _write(tmp_path / "w.png", np.zeros((8, 8), np.uint16))], "mixed bit depths"
+    elif case == "channels":
+        inputs, needle = [*good, _write(tmp_path / "c.png", np.zeros((8, 8, 3), np.uint8))], "grey and colour"
+    elif case == "empty":
+        (tmp_path / "e.png").write_bytes(b"")
+        inputs, needle = [*good, tmp_path / "e.png"], "empty file"
+    elif case == "garbage":
+        (tmp_path / "x.jpg").write_bytes(b"this is not a jpeg at all" * 10)
+        inputs, needle = [*good, tmp_path / "x.jpg"], "not a readable image"
+    elif case == "missing":
+        inputs, needle = [*good, tmp_path / "nope.png"], "no such file"
+    else:
+        (tmp_path / "void").mkdir()
+        inputs, needle = [tmp_path / "void"], "no images"
+    with pytest.raises(InputError) as info:
+        read_stack(inputs)
+    message = str(info.value)
+    assert needle in message and "\n" not in message
+
+
+def test_output_formats_follow_the_bit_depth(tmp_path: Path) -> None:
+    check_image_format(tmp_path / "a.jpg", np.dtype(np.uint8))
+    check_image_format(tmp_path / "a.png", np.dtype(np.uint16))
+    with pytest.raises(InputError, match="uint16"):
+        check_image_format(tmp_path / "a.jpg", np.dtype(np.uint16))
+    with pytest.raises(InputError, match="float32"):
+        check_image_format(tmp_path / "a.png", np.dtype(np.float32))
+
+
+def test_writers_round_trip(tmp_path: Path) -> None:
+    rgb16 = (np.arange(5 * 6 * 3).reshape(5, 6, 3) * 997 % 65536).astype(np.uint16)
+    write_image(rgb16, tmp_path / "x.png")
+    back = cv2.cvtColor(cv2.imread(str(tmp_path / "x.png"), cv2.IMREAD_UNCHANGED), cv2.COLOR_BGR2RGB)
+    assert np.array_equal(back, rgb16)
+    depth = np.linspace(0, 7.25, 30, dtype=np.float32).reshape(5, 6)
+    write_image(depth, tmp_path / "d.tif")
+    assert np.array_equal(tifffile.imread(tmp_path / "d.tif"), depth)
+    assert to_dtype(np.array([-0.1, 0.5, 2.0]), np.dtype(np.uint8)).tolist() == [0, 128, 255]
+    assert encode_image(np.zeros((2, 2), np.uint8), "a.jpg")[:2] == b"\xff\xd8"
