@@ -88,12 +88,15 @@ def reconstruct_halves(
 ) -> Reconstruction:
     """Half maps regularised with ``previous_fsc`` (the last iteration's; None at the start), their FSC
     (masked and corrected too when a ``mask`` is given), and the full map from both halves."""
-    mean_weight = 0.5 * (bp1.weight_by_shell() + bp2.weight_by_shell())
-    lam = regularisation_from_fsc(previous_fsc, mean_weight)
-    half1, half2 = bp1.reconstruct(lam), bp2.reconstruct(lam)
+    # each half is regularised with its own data weight, so that nothing of one half's images reaches
+    # the other's map (the FSC, shell by shell, is what the halves share: the signal-to-noise prior)
+    weights = (bp1.weight_by_shell(), bp2.weight_by_shell())
+    half1 = bp1.reconstruct(regularisation_from_fsc(previous_fsc, weights[0]))
+    half2 = bp2.reconstruct(regularisation_from_fsc(previous_fsc, weights[1]))
     report = gold_standard_fsc(half1, half2, pixel_size, mask)
-    # the full map: same prior (the signal power does not depend on how much data there is)
-    lam_full = regularisation_from_fsc(report.unmasked, mean_weight)
+    # the full map: lambda = 1 / (signal power), which does not depend on how much data there is
+    lam_full = 0.5 * (regularisation_from_fsc(report.unmasked, weights[0])
+                      + regularisation_from_fsc(report.unmasked, weights[1]))
     full = bp1.merged_with(bp2).reconstruct(lam_full)
     return Reconstruction((half1, half2), full, report, lam_full)
 

@@ -1,0 +1,200 @@
+"""``refinekit cryoem simulate | refine | reconstruct`` end to end, and bad input: exit 2, one line on
+stderr, nothing written."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from refinekit.cli import app
+from refinekit.cryoem import compare_poses, read_map, read_particles
+from refinekit.cryoem.datasets import bundled_map_path
+from refinekit.cryoem.io import write_map, write_mrc
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+
+def snapshot(folder: Path) -> dict[str, int]:
+    return {str(p.relative_to(folder)): p.stat().st_mtime_ns for p in folder.rglob("*")}
+
+
+def test_simulate_then_refine(tmp_path):
+    sim_dir = tmp_path / "sim"
+    res = invoke("cryoem", "simulate", bundled_map_path("emd_1832"), "-n", 240, "--snr", 0.5, "--box", 32,
+                 "--start-rotation", 20, "-o", sim_dir, "--seed", 3, "--json")
+    assert res.exit_code == 0, res.stderr
+    summary = json.loads(res.stdout)
+    assert summary["box"] == 32 and summary["pixel_size_a"] == pytest.approx(9.12 * 40 / 32, rel=1e-5)
+    for name in ("particles.mrcs", "particles.star", "truth.star", "truth.mrc", "initial_reference.mrc"):
+        assert (sim_dir / name).is_file()
+    particles = read_particles(sim_dir / "particles.star")
+    assert particles.rotations is None and len(particles) == 240
+    assert np.std(particles.images) == pytest.approx(np.sqrt(1 + 0.5), rel=0.05)  # unit noise, SNR 0.5
+
+    out = tmp_path / "refined"
+    res = invoke("cryoem", "refine", sim_dir / "particles.star", "--reference", sim_dir / "initial_reference.mrc",
+                 "-o", out, "--json", "--max-iterations", 8)
+    assert res.exit_code == 0, res.stderr
+    data = json.loads(res.stdout)
+    assert data["status"] in ("converged", "max_cycles") and data["resolution_a"] < 40
+    for key in ("resolution_a", "resolution_masked_a", "resolution_corrected_a", "history", "outputs"):
+        assert key in data
+    assert all("median_angle_change_deg" in h and "resolution_a" in h for h in data["history"][1:])
+    for name in ("map.mrc", "half_map_1.mrc", "half_map_2.mrc", "mask.mrc", "particles.star", "fsc.csv", "fsc.png",
+                 "iterations.json"):
+        assert (out / name).is_file(), name
+    refined = read_particles(out / "particles.star")
+    truth = read_particles(sim_dir / "truth.star")
+    assert np.array_equal(refined.images, particles.images)  # image names point back at the stack
+    assert set(refined.subsets.tolist()) == {1, 2}
+    comparison = compare_poses(refined.rotations, refined.origins, truth.rotations, truth.origins)
+    assert comparison.median_error_deg < 3.0
+    assert read_map(out / "map.mrc").pixel_size == pytest.approx(particles.pixel_size, rel=1e-5)
+    table = (out / "fsc.csv").read_text().splitlines()
+    assert table[0].startswith("shell,resolution_a,fsc_unmasked,fsc_masked") and len(table) == 1 + 17
+    assert json.loads((out / "iterations.json").read_text())["n_cycles"] == data["n_cycles"]
+
+    # reconstruct from the refined STAR: the map agrees with the refinement's
+    res = invoke("cryoem", "reconstruct", out / "particles.star", "-o", tmp_path / "again.mrc", "--json")
+    assert res.exit_code == 0, res.stderr
+    assert json.loads(res.stdout)["resolution_a"] == pytest.approx(data["resolution_a"], rel=0.15)
+
+
+@pytest.fixture()
+def dataset(tmp_path, small_simulation) -> Path:
+    """A private copy of the small simulated dataset."""
+    folder, _ = small_simulation
+    copy = tmp_path / "data"
+    shutil.copytree(folder, copy)
+    return copy
+
+
+def refine_args(data: Path, out: Path, star: str = "particles.star", ref: str = "initial_reference.mrc"):
+    return ("cryoem", "refine", data / star, "--reference", data / ref, "-o", out)
+
+
+def expect_bad_input(res, before: dict, folder: Path, out: Path | None = None, needle: str = "") -> None:
+    assert res.exit_code == 2, res.stdout + res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("refinekit: error:"), res.stderr
+    assert needle in lines[0]
+    assert snapshot(folder) == before  # nothing written, nothing touched
+    if out is not None:
+        assert not out.exists()
+
+
+def edit_star(data: Path, old: str, new: str, name: str = "bad.star") -> None:
+    text = (data / "particles.star").read_text()
+    assert old in text
+    (data / name).write_text(text.replace(old, new))
+
+
+def test_missing_stack(dataset, tmp_path):
+    (dataset / "particles.mrcs").rename(dataset / "moved.mrcs")
+    before = snapshot(dataset)
+    out = tmp_path / "out"
+    expect_bad_input(invoke(*refine_args(dataset, out)), before, dataset, out, "does not exist")
+
+
+def test_box_mismatch(dataset, tmp_path):
+    write_map(dataset / "small.mrc", np.ones((24, 24, 24), dtype=np.float32), None)
+    before = snapshot(dataset)
+    out = tmp_path / "out"
+    expect_bad_input(invoke(*refine_args(dataset, out, ref="small.mrc")), before, dataset, out, "24 voxels")
+
+
+def test_pixel_size_mismatch(dataset, tmp_path):
+    start = read_map(dataset / "initial_reference.mrc")
+    write_map(dataset / "other.mrc", start.data, start.pixel_size * 1.5)
+    before = snapshot(dataset)
+    out = tmp_path / "out"
+    expect_bad_input(invoke(*refine_args(dataset, out, ref="other.mrc")), before, dataset, out, "voxel size")
+
+
+def test_nan_image(dataset, tmp_path):
+    stack = read_particles(dataset / "particles.star")
+    images = stack.images.copy()
+    images[7, 1, 1] = np.nan
+    write_mrc(dataset / "particles.mrcs", images, stack.pixel_size)
+    before = snapshot(dataset)
+    out = tmp_path / "out"
+    expect_bad_input(invoke(*refine_args(dataset, out)), before, dataset, out, "image 8 contains NaN")
+
+
+def test_empty_stack(dataset, tmp_path):
+    write_mrc(dataset / "particles.mrcs", np.zeros((0, 32, 32), dtype=np.float32), 8.55)
+    before = snapshot(dataset)
+    out = tmp_path / "out"
+    expect_bad_input(invoke(*refine_args(dataset, out)), before, dataset, out)
+
+
+def test_absent_and_contradictory_columns(dataset, tmp_path):
+    out = tmp_path / "out"
+    edit_star(dataset, "_rlnDefocusU", "_rlnSomethingElse")
+    before = snapshot(dataset)
+    expect_bad_input(invoke(*refine_args(dataset, out, star="bad.star")), before, dataset, out, "rlnDefocusU")
+    text = (dataset / "particles.star").read_text()
+    optics_row = next(line for line in text.splitlines() if line.startswith("1 opticsGroup1"))
+    edit_star(dataset, optics_row, optics_row.replace(" 32 2", " 64 2"), "size.star")
+    before = snapshot(dataset)
+    expect_bad_input(invoke(*refine_args(dataset, out, star="size.star")), before, dataset, out, "rlnImageSize")
+
+
+def test_one_sided_subsets(dataset, tmp_path):
+    text = (dataset / "particles.star").read_text().splitlines()
+    header_end = max(i for i, line in enumerate(text) if line.startswith("_rln"))
+    count = int(text[header_end].split("#")[1])
+    text.insert(header_end + 1, f"_rlnRandomSubset #{count + 1}")
+    text = [line + " 1" if "@" in line else line for line in text]
+    (dataset / "one.star").write_text("\n".join(text) + "\n")
+    before = snapshot(dataset)
+    out = tmp_path / "out"
+    expect_bad_input(invoke(*refine_args(dataset, out, star="one.star")), before, dataset, out, "both halves")
+
+
+def test_outputs_never_over_inputs(dataset):
+    # the output folder is the input folder and the reference is called map.mrc: refused
+    shutil.copy(dataset / "initial_reference.mrc", dataset / "map.mrc")
+    before = snapshot(dataset)
+    res = invoke("cryoem", "refine", dataset / "particles.star", "--reference", dataset / "map.mrc", "-o", dataset)
+    expect_bad_input(res, before, dataset, None, "overwrite")
+
+
+def test_output_folder_is_a_file(dataset, tmp_path):
+    target = tmp_path / "a_file"
+    target.write_text("x")
+    before = snapshot(dataset)
+    res = invoke(*refine_args(dataset, target))
+    expect_bad_input(res, before, dataset, None, "not a folder")
+
+
+def test_simulate_bad_input(tmp_path):
+    out = tmp_path / "sim"
+    for args, needle in (
+        ((tmp_path / "missing.mrc", "-n", 10, "--snr", 1), "no such"),
+        ((bundled_map_path("emd_1832"), "-n", 10, "--snr", 0), "--snr"),
+        ((bundled_map_path("emd_1832"), "-n", 0, "--snr", 1), "-n"),
+        ((bundled_map_path("emd_1832"), "-n", 10, "--snr", 1, "--start-lowpass", 5), "Nyquist"),
+    ):
+        res = invoke("cryoem", "simulate", *args, "-o", out)
+        assert res.exit_code == 2 and needle in res.stderr and len(res.stderr.strip().splitlines()) == 1
+        assert not out.exists()
+    nopix = tmp_path / "nopix.mrc"
+    write_map(nopix, np.ones((16, 16, 16), dtype=np.float32), None)
+    res = invoke("cryoem", "simulate", nopix, "-n", 10, "--snr", 1, "-o", out)
+    assert res.exit_code == 2 and "--pixel-size" in res.stderr and not out.exists()
+
+
+def test_reconstruct_needs_angles(dataset, tmp_path):
+    before = snapshot(dataset)
+    res = invoke("cryoem", "reconstruct", dataset / "particles.star", "-o", tmp_path / "m.mrc")
+    expect_bad_input(res, before, dataset, tmp_path / "m.mrc", "rlnAngleRot")
