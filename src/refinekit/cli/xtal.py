@@ -92,16 +92,35 @@ def refine_command(
                              free_fraction=free_fraction, seed=seed, twin=twin, hydrogens=hydrogens,
                              occupancy=occupancy, target=target)
     outputs = job.output_paths(out_dir)
-    check_outputs([out_dir / p.name for p in outputs.values()], [model, data])
+    _check_output_folder(out_dir, list(outputs.values()), [model, data])
     result = job.run(cycles=cycles, weight=weight_value, stop_on_overfit=not keep_going,
                      callbacks=[ProgressBar("refining")])
+    if not result.usable:
+        emit(result.to_dict(), result.report(), as_json)
+        raise typer.Exit(exit_code(result))
     out_dir.mkdir(parents=True, exist_ok=True)
+    check_outputs(list(outputs.values()), [model, data])
     written = write_outputs(job, result, outputs, keep_hydrogens=write_hydrogens)
     payload = result.to_dict()
     payload["outputs"] = {k: str(v) for k, v in written.items()}
     text = result.report() + "\n" + "\n".join(f"wrote       : {p}" for p in written.values())
     emit(payload, text, as_json)
     raise typer.Exit(exit_code(result))
+
+
+def _check_output_folder(out_dir: Path, outputs: list[Path], inputs: list[Path]) -> None:
+    """Before the run: the folder can be made, and no output would replace an input."""
+    from ..core import InputError
+
+    parent = out_dir.parent if str(out_dir.parent) else Path(".")
+    if not out_dir.exists() and not parent.is_dir():
+        raise InputError(f"the folder {parent} for the outputs does not exist", path=out_dir)
+    resolved_inputs = {p.resolve() for p in inputs}
+    for path in outputs:
+        if path.resolve() in resolved_inputs:
+            raise InputError(f"output {path} would overwrite an input")
+        if path.is_dir():
+            raise InputError("an output path is a folder", path=path)
 
 
 def _stem(path: Path) -> str:

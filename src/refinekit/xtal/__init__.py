@@ -4,11 +4,31 @@ gemmi does what the field has in a library (file formats, structure factors by F
 scaling, monomer library and topology, riding hydrogens, twin laws); the loop, the stop rules, the free
 set and the restraint weighting are refinekit's (:mod:`refinekit.core`).
 
->>> from refinekit.xtal import r_factors                       # doctest: +SKIP
->>> r_factors("3zt9.cif.gz", "r3zt9sf.ent.gz").r_free           # doctest: +SKIP
-0.1892...
+>>> import pathlib
+>>> from refinekit.xtal import r_factors
+>>> data = pathlib.Path(__file__).parent.parent / "data" / "xtal"
+>>> rep = r_factors(data / "5wkd.pdb", data / "r5wkdsf.ent")
+>>> round(rep.r_work, 2)
+0.2
 """
 
+from .api import (
+    RefinementJob,
+    XtalRefinementResult,
+    prepare_refinement,
+    refine_structure,
+    write_outputs,
+    write_plot,
+)
 from .rfactors import RFactorReport, r_factors
 
-__all__ = ["RFactorReport", "r_factors"]
+__all__ = [
+    "RFactorReport",
+    "RefinementJob",
+    "XtalRefinementResult",
+    "prepare_refinement",
+    "r_factors",
+    "refine_structure",
+    "write_outputs",
+    "write_plot",
+]

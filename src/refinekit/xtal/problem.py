@@ -68,8 +68,12 @@ class XtalRefinementProblem(RefinementProblem):
         self._fmask: np.ndarray | None = None
         self._scale: Scale | None = None
         self._x0 = model.initial_parameters()
-        self.history_extra: list[dict[str, Any]] = []
         self.last_line_search: list[float] = []
+        # the diagonal Fisher information understates the X-ray curvature (by 1.5-2 in practice, more
+        # for B): factors for the coordinate and B blocks, measured once along the first step and
+        # nudged by every line search after
+        self.curvature_factor = np.array([1.0, 1.0])
+        self._calibrated = False
 
     # ------------------------------------------------------------------------------ helpers
     def _all_hkl(self) -> np.ndarray:
@@ -235,41 +239,75 @@ class XtalRefinementProblem(RefinementProblem):
         return np.concatenate(parts)
 
     def _gauss_newton_step(self, x: np.ndarray) -> np.ndarray | None:
-        lay = self.model.layout
-        n = lay.n
         value, grad, fisher, restr = self.value_and_gradient(x)
-        # the xyz block: Fisher diagonal + restraint Gauss-Newton matrix; the B block likewise
-        h_xyz = restr.hessian_xyz + sparse.diags(fisher[: 3 * n])
-        h_b = sparse.diags(fisher[3 * n: 4 * n])
-        if restr.hessian_b is not None:
-            h_b = h_b + restr.hessian_b
-        delta = np.zeros_like(x)
-        delta[: 3 * n] = _solve(h_xyz, -grad[: 3 * n])
-        delta[3 * n: 4 * n] = _solve(h_b.tocsr(), -grad[3 * n: 4 * n])
-        if lay.n_occ:
-            delta[4 * n:] = -grad[4 * n:] / np.maximum(fisher[4 * n:], 1e-12)
-        # no atom moves more than max_shift in one step, no B more than 20 Å^2
-        shifts = np.sqrt(np.sum(lay.xyz(delta) ** 2, axis=1))
-        limit = min(1.0, self.max_shift / max(float(shifts.max(initial=0.0)), 1e-12))
-        b_limit = min(1.0, 20.0 / max(float(np.abs(lay.b(delta)).max(initial=0.0)), 1e-12))
-        delta[: 3 * n] *= limit
-        delta[3 * n: 4 * n] *= b_limit
+        delta = self._direction(grad, fisher, restr)
+        if not self._calibrated:
+            self._calibrate(x, value, grad, delta)
+            delta = self._direction(grad, fisher, restr)
         slope = float(grad @ delta)
         if not slope < 0:
             return None
-        return self._line_search(x, delta, value, slope)
+        moved, alpha = self._line_search(x, delta, value, slope)
+        if moved is not None:
+            # a step much shorter than predicted means more curvature than the model has
+            if alpha < 0.6:
+                self.curvature_factor *= 1.3
+            elif alpha > 1.2:
+                self.curvature_factor /= 1.3
+            self.curvature_factor = np.clip(self.curvature_factor, 0.3, 30.0)
+        return moved
 
-    def _line_search(self, x: np.ndarray, delta: np.ndarray, f0: float, slope: float) -> np.ndarray | None:
-        """Armijo backtracking from the full step, with one quadratic refinement of the step length."""
+    def _direction(self, grad: np.ndarray, fisher: np.ndarray, restr: Any) -> np.ndarray:
+        """The Gauss-Newton direction: (weight F + R) delta = -g by blocks (coordinates, B), limited
+        so that no atom moves more than ``max_shift`` and no B more than 20 Å^2."""
+        lay = self.model.layout
+        n = lay.n
+        c_xyz, c_b = self.curvature_factor
+        h_xyz = restr.hessian_xyz + sparse.diags(c_xyz * fisher[: 3 * n])
+        h_b = sparse.diags(c_b * fisher[3 * n: 4 * n])
+        if restr.hessian_b is not None:
+            h_b = h_b + restr.hessian_b
+        delta = np.zeros_like(grad)
+        delta[: 3 * n] = _solve(h_xyz.tocsr(), -grad[: 3 * n])
+        delta[3 * n: 4 * n] = _solve(h_b.tocsr(), -grad[3 * n: 4 * n])
+        if lay.n_occ:
+            delta[4 * n:] = -grad[4 * n:] / np.maximum(c_b * fisher[4 * n:], 1e-12)
+        shifts = np.sqrt(np.sum(lay.xyz(delta) ** 2, axis=1))
+        delta[: 3 * n] *= min(1.0, self.max_shift / max(float(shifts.max(initial=0.0)), 1e-12))
+        delta[3 * n: 4 * n] *= min(1.0, 20.0 / max(float(np.abs(lay.b(delta)).max(initial=0.0)), 1e-12))
+        return delta
+
+    def _calibrate(self, x: np.ndarray, f0: float, grad: np.ndarray, delta: np.ndarray) -> None:
+        """Measure the curvature along the coordinate part and the B part of the first step (one
+        function value each) and scale the Fisher blocks so that a full step is about right."""
+        n = self.model.layout.n
+        blocks = [slice(0, 3 * n), slice(3 * n, 4 * n)]
+        for k, block in enumerate(blocks):
+            part = np.zeros_like(delta)
+            part[block] = delta[block]
+            slope = float(grad @ part)
+            if not slope < 0:
+                continue
+            f1 = self.total(self._bounded(x + part))
+            curvature = 2.0 * (f1 - f0 - slope)
+            if curvature > 0:
+                best = -slope / curvature                  # the parabola's minimum along the step
+                self.curvature_factor[k] = float(np.clip(self.curvature_factor[k] / best, 0.3, 30.0))
+        self._calibrated = True
+
+    def _line_search(self, x: np.ndarray, delta: np.ndarray, f0: float, slope: float
+                     ) -> tuple[np.ndarray | None, float]:
+        """Armijo backtracking from the full step, with one quadratic refinement of the step length.
+        Returns the best point found (None if none is lower) and its step length."""
         alpha = 1.0
         tried: list[float] = []
-        best_x, best_f = None, f0
+        best_x, best_f, best_alpha = None, f0, 0.0
         for _ in range(6):
             trial = self._bounded(x + alpha * delta)
             f1 = self.total(trial)
             tried.append(alpha)
             if f1 < best_f:
-                best_x, best_f = trial, f1
+                best_x, best_f, best_alpha = trial, f1, alpha
             if f1 <= f0 + 1e-4 * alpha * slope:
                 # the minimum of the parabola through f0, slope and f1, if it is further out
                 denom = 2.0 * (f1 - f0 - slope * alpha)
@@ -280,14 +318,14 @@ class XtalRefinementProblem(RefinementProblem):
                         f2 = self.total(trial2)
                         tried.append(a_star)
                         if f2 < best_f:
-                            best_x, best_f = trial2, f2
+                            best_x, best_f, best_alpha = trial2, f2, a_star
                 break
             # backtrack to the parabola's minimum, but not by more than a factor of ten
             denom = 2.0 * (f1 - f0 - slope * alpha)
             a_new = -slope * alpha**2 / denom if denom > 0 else 0.5 * alpha
             alpha = float(np.clip(a_new, 0.1 * alpha, 0.5 * alpha))
         self.last_line_search = tried
-        return best_x
+        return best_x, best_alpha
 
     def _bounded(self, x: np.ndarray) -> np.ndarray:
         lay = self.model.layout

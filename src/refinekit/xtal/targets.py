@@ -78,7 +78,7 @@ class SigmaA:
         start = np.concatenate([d0, np.zeros(n)])
         bounds = [(0.0, 5.0)] * n + [(-12.0, 8.0)] * n
         res = optimize.minimize(objective, start, jac=True, method="L-BFGS-B", bounds=bounds,
-                                options={"maxiter": 200})
+                                options={"maxiter": 100, "ftol": 1e-10})
         self.d = res.x[:n]
         self.s = scale * np.exp(res.x[n:])
         self.fitted = True

@@ -1,0 +1,363 @@
+"""``refinekit.xtal.refine_structure``: read, check, choose the restraint weight by R_free, refine on the
+engine, and write the refined model, map coefficients, per-cycle statistics and the plot."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import gemmi
+import numpy as np
+
+from ..core import (
+    Alarm,
+    Callback,
+    CycleRecord,
+    InputError,
+    OverfitMonitor,
+    RefinementResult,
+    Refiner,
+    atomic_write_text,
+    choose_weight,
+    save_checkpoint,
+)
+from ..core.result import _fmt, jsonable
+from .io import (
+    check_model_matches_data,
+    load_monomer_library,
+    read_model,
+    read_reflections,
+    write_model,
+    write_mtz,
+)
+from .model import AtomicModel
+from .problem import XtalRefinementProblem
+from .reflections import ReflectionData
+from .rfactors import _twin_analysis, calc_b_min, free_set_bias_warning, parse_twin_law
+from .sfcalc import StructureFactorCalculator
+from .targets import map_coefficients
+from .twin import TwinModel
+
+#: the weight scan: X-ray weights tried (log scale), cycles per trial, and the geometry it must keep
+WEIGHT_BOUNDS = (1.0, 16.0)
+WEIGHT_GRID = 3
+WEIGHT_TRIAL_CYCLES = 3
+MAX_DEVIATION = {"bond_rmsd": 0.02, "angle_rmsd": 2.5}
+#: R_free must rise by more than this (and stay up for `patience` cycles) to raise the alarm: smaller
+#: moves are within the cycle-to-cycle noise of a converged refinement
+OVERFIT_MIN_DELTA = 0.001
+DEFAULT_ADP_WEIGHT = 0.1
+
+
+@dataclass
+class XtalRefinementResult(RefinementResult):
+    """A :class:`~refinekit.core.RefinementResult` plus what crystallographers report: the weight and how
+    it was chosen, the free set, the data, twinning and warnings. ``structure`` is the returned (best)
+    model."""
+
+    weight: float = 1.0
+    weight_choice: dict[str, Any] | None = None
+    target: str = "ml"
+    free_set: dict[str, Any] = field(default_factory=dict)
+    data_info: dict[str, Any] = field(default_factory=dict)
+    twin: dict[str, Any] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
+    structure: gemmi.Structure | None = field(default=None, repr=False)
+    map_coefficients: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = super().to_dict()
+        history = out.pop("history")
+        out.update({"xray_weight": self.weight, "target": self.target, "weight_choice": self.weight_choice,
+                    "free_set": self.free_set, "data": self.data_info, "twin": self.twin, "atoms": self.counts})
+        out["history"] = history
+        return out
+
+    def report(self, full: bool = True) -> str:
+        lines = [f"target      : {self.target}, X-ray weight {_fmt(self.weight)}"
+                 + (f" ({self.weight_choice['message']})" if self.weight_choice else " (given)"),
+                 f"free set    : {self.free_set.get('label')} ({self.free_set.get('convention')})",
+                 f"atoms       : {self.counts.get('refined_atoms')} refined, "
+                 f"{self.counts.get('hydrogens')} riding hydrogens"]
+        if self.twin.get("law"):
+            lines.append(f"twin        : {self.twin['law']}, fraction {self.twin.get('fraction', math.nan):.3f}")
+        first, kept = self.history[0], self.kept
+        lines.append(f"R_work      : {first.figures.get('r_work', math.nan):.4f} -> "
+                     f"{kept.figures.get('r_work', math.nan):.4f}")
+        lines.append(f"R_free      : {first.figures.get('r_free', math.nan):.4f} -> "
+                     f"{kept.figures.get('r_free', math.nan):.4f}  (kept cycle {self.kept_cycle}, lowest "
+                     f"R_free at cycle {self.best_cycle})")
+        return "\n".join(lines) + "\n" + RefinementResult.report(self, full)
+
+
+class RefinementJob:
+    """Inputs read and checked, ready to refine: everything that can fail on bad input fails here."""
+
+    def __init__(self, model_path: str | os.PathLike[str], data_path: str | os.PathLike[str], *,
+                 monlib: str | os.PathLike[str] | None = None, labels: list[str] | None = None,
+                 free_label: str | None = None, free_fraction: float = 0.05, seed: int = 0,
+                 twin: str = "auto", hydrogens: bool = True, occupancy: bool = False, target: str = "ml",
+                 adp_weight: float = DEFAULT_ADP_WEIGHT) -> None:
+        if target not in ("ml", "ls"):
+            raise InputError(f"unknown target {target!r} (ml or ls)")
+        self.model_path, self.data_path = Path(model_path), Path(data_path)
+        self.structure = read_model(model_path)
+        self.data = read_reflections(data_path, labels=labels, free_label=free_label,
+                                     free_fraction=free_fraction, seed=seed)
+        check_model_matches_data(self.structure, self.data, model_path, data_path)
+        self.monlib, self.monlib_dir = load_monomer_library(self.structure[0].get_all_residue_names(), monlib)
+        self.hydrogens = hydrogens
+        self.occupancy = occupancy
+        self.target = target
+        self.adp_weight = float(adp_weight)
+        # building the model checks the topology (dictionaries, links) once, before any output
+        self.first_model = AtomicModel(self.structure, self.monlib, hydrogens=hydrogens,
+                                       refine_occupancy=occupancy)
+        self.twin_info: dict[str, Any] = {}
+        self.twin_law: gemmi.Op | None = None
+        self.twin_fraction = 0.25
+        if twin != "none":
+            self._decide_twin(twin)
+        self.problems: dict[float, XtalRefinementProblem] = {}
+
+    def _decide_twin(self, twin: str) -> None:
+        st = self.first_model.structure
+        masker = gemmi.SolventMasker(gemmi.AtomicRadiiSet.Refmac)
+        calc = StructureFactorCalculator(self.data.cell, self.data.spacegroup, self.data.hkl, self.data.d_min,
+                                         b_min=calc_b_min(st), rate=1.25)
+        from .fmodel import agreement, fit_scale
+
+        fc = calc.atomic(st[0])
+        fmask = calc.solvent(st[0], masker)
+        scale = fit_scale(self.data, fc, fmask)
+        plain = agreement(self.data, np.abs(scale.k_aniso * (fc + scale.k_mask * fmask)))
+        info = _twin_analysis(st, self.data, calc, masker, plain, twin)
+        info.pop("_agreement", None)
+        info.pop("_scale", None)
+        self.twin_info = info
+        if info.get("law"):
+            self.twin_law = parse_twin_law(info["law"])
+            self.twin_fraction = float(info["fraction"])
+
+    # ------------------------------------------------------------------------------ problems
+    def make_problem(self, weight: float) -> XtalRefinementProblem:
+        """A fresh problem (its own copy of the model) with X-ray weight ``weight``."""
+        model = (self.first_model if not self.problems
+                 else AtomicModel(self.structure, self.monlib, hydrogens=self.hydrogens,
+                                  refine_occupancy=self.occupancy))
+        twin = (TwinModel.for_data(self.data, self.twin_law, self.twin_fraction)
+                if self.twin_law is not None else None)
+        problem = XtalRefinementProblem(model, self.data, target=self.target, weight=weight,
+                                        adp_weight=self.adp_weight, twin=twin)
+        self.problems[weight] = problem
+        return problem
+
+    def output_paths(self, out_dir: str | os.PathLike[str]) -> dict[str, Path]:
+        stem = self.model_path.name
+        for suffix in (".gz", ".cif", ".pdb", ".ent", ".mmcif"):
+            if stem.lower().endswith(suffix):
+                stem = stem[: -len(suffix)]
+        out = Path(out_dir)
+        return {"mmcif": out / f"{stem}_refined.cif", "pdb": out / f"{stem}_refined.pdb",
+                "mtz": out / f"{stem}_refined.mtz", "json": out / f"{stem}_refined.json",
+                "plot": out / f"{stem}_refined.png"}
+
+    # ----------------------------------------------------------------------------------- run
+    def run(self, *, cycles: int = 10, weight: float | None = None, stop_on_overfit: bool = True,
+            callbacks: Iterable[Any] = (), patience: int = 3) -> XtalRefinementResult:
+        """Refine; with ``weight=None`` the weight is chosen by R_free from short trial refinements,
+        and the run continues the chosen trial (its cycles count)."""
+        options = dict(xtol=1e-3, patience=patience, min_delta=OVERFIT_MIN_DELTA, restore_best=True)
+        callbacks = list(callbacks)
+        choice_dict = None
+        if weight is None and cycles > 0:
+            trial_cycles = min(WEIGHT_TRIAL_CYCLES, cycles)
+            tracker = _BestModels()
+            choice = choose_weight(self.make_problem, bounds=WEIGHT_BOUNDS, n_grid=WEIGHT_GRID, n_golden=0,
+                                   max_deviation=MAX_DEVIATION, max_cycles=trial_cycles,
+                                   stop_on_overfit=False, callbacks=[tracker], **options)
+            weight = choice.weight
+            choice_dict = choice.to_dict()
+            problem = self.problems[weight]
+            refiner = Refiner(problem, max_cycles=cycles, stop_on_overfit=stop_on_overfit, callbacks=callbacks,
+                              **options)
+            trial = choice.results[weight]
+            with tempfile.TemporaryDirectory(prefix="refinekit-xtal-") as tmp:
+                # the chosen trial goes on where it stopped: its cycles are the run's first cycles
+                ckpt = Path(tmp) / "trial.ckpt"
+                save_checkpoint(ckpt, _continuation_state(trial, patience, tracker.best_x(problem)))
+                result = refiner.run(resume_from=ckpt)
+        else:
+            weight = 1.0 if weight is None else float(weight)
+            problem = self.make_problem(weight)
+            result = Refiner(problem, max_cycles=cycles, stop_on_overfit=stop_on_overfit, callbacks=callbacks,
+                             **options).run()
+        return self._finish(problem, result, weight, choice_dict)
+
+    def _finish(self, problem: XtalRefinementProblem, result: RefinementResult, weight: float,
+                choice: dict[str, Any] | None) -> XtalRefinementResult:
+        data = self.data
+        x = result.x
+        f_model = problem.f_model_of(x)
+        sigmaa = problem.sigmaa_for(x)
+        two, diff, fom = map_coefficients(data, f_model, sigmaa)
+        problem.model.set_parameters(x)
+        structure = problem.model.structure.clone()
+        alarms = list(result.alarms)
+        first = result.history[0]
+        bias = free_set_bias_warning(first.figures.get("r_work", math.nan), first.figures.get("r_free", math.nan),
+                                     int(np.count_nonzero(data.free)))
+        if bias:
+            alarms.insert(0, Alarm("biased_free_set", 0, bias))
+        if data.info.get("free_source") == "made":
+            alarms.insert(0, Alarm("free_set_made", None, "the data had no free set: one was made here "
+                                   f"({data.info.get('free_convention')}) and written to the output MTZ"))
+        twin = dict(self.twin_info)
+        if problem.twin is not None:
+            twin["fraction"] = problem.twin.fraction
+        free = {"label": data.info.get("free_label"), "convention": data.info.get("free_convention"),
+                "free_value": data.info.get("free_value"), "source": data.info.get("free_source"),
+                "n_free": int(np.count_nonzero(data.free)), "n_work": int(np.count_nonzero(data.work))}
+        info = {k: v for k, v in data.info.items() if k != "made_flags"}
+        info.update(d_min=data.d_min, d_max=data.d_max, monomer_library=str(self.monlib_dir))
+        out = XtalRefinementResult(
+            x=result.x, status=result.status, message=result.message, n_cycles=result.n_cycles,
+            history=result.history, best_cycle=result.best_cycle, kept_cycle=result.kept_cycle, alarms=alarms,
+            x_last=result.x_last,
+            figures=dict(result.figures), weight=weight, weight_choice=choice, target=self.target,
+            free_set=free, data_info=info, twin=twin, counts=problem.model.count(), structure=structure,
+            map_coefficients={"FWT": two, "DELFWT": diff, "FOM": fom, "FC": f_model})
+        if problem.scale is not None:
+            out.figures["scale"] = problem.scale.to_dict()
+        return out
+
+
+class _BestModels(Callback):
+    """Remembers, for every trial refinement, the model of its lowest free score so far."""
+
+    def __init__(self) -> None:
+        self.current: Any = None
+        self.models: dict[int, tuple[float, np.ndarray]] = {}
+
+    def on_start(self, problem: Any, max_cycles: int) -> None:
+        self.current = problem
+
+    def on_cycle(self, record: CycleRecord, model: Any) -> bool | None:
+        key = id(self.current)
+        free = record.free if record.free is not None else record.work
+        if key not in self.models or free < self.models[key][0]:
+            self.models[key] = (free, np.array(model, copy=True))
+        return None
+
+    def best_x(self, problem: Any) -> np.ndarray | None:
+        entry = self.models.get(id(problem))
+        return None if entry is None else entry[1]
+
+
+def _continuation_state(trial: RefinementResult, patience: int, best_x: np.ndarray | None) -> dict[str, Any]:
+    """The engine's checkpoint state from which a finished trial continues: its last model, to be
+    checked again as the same cycle, with the overfitting monitor replayed over the cycles before."""
+    history = trial.history[:-1]
+    monitor = OverfitMonitor(patience, OVERFIT_MIN_DELTA, 1e-3)
+    for record in history:
+        monitor.update(record.cycle, record.work, record.free)
+    if best_x is None:
+        best_x = trial.x_last
+    last = trial.history[-1]
+    prev = trial.history[-2] if len(trial.history) > 1 else None
+    return {"x": trial.x_last, "cycle": last.cycle, "history": history, "alarms": [],
+            "best_x": best_x, "lowest_work": min((r.work for r in history), default=math.inf),
+            "last_step": last.step, "prev_step": prev.step if prev is not None else None,
+            "monitor": monitor.state_dict(), "problem": {}}
+
+
+def prepare_refinement(model_path: str | os.PathLike[str], data_path: str | os.PathLike[str],
+                       **options: Any) -> RefinementJob:
+    """Read and check the inputs (one-line :class:`~refinekit.core.InputError` on bad input)."""
+    return RefinementJob(model_path, data_path, **options)
+
+
+def write_outputs(job: RefinementJob, result: XtalRefinementResult, paths: dict[str, Path], *,
+                  keep_hydrogens: bool = True) -> dict[str, Path]:
+    """Write the refined model (mmCIF, PDB), the MTZ (data, free flags as read, 2mFo-DFc and mFo-DFc map
+    coefficients), the JSON and the plot, each atomically. Returns what was written."""
+    st = result.structure.clone() if result.structure is not None else job.structure.clone()
+    if not keep_hydrogens:
+        st.remove_hydrogens()
+    _annotate(st, result)
+    write_model(st, paths["mmcif"], paths["pdb"])
+    coef = result.map_coefficients
+    columns = {
+        "FC": ("F", np.abs(coef["FC"])), "PHIC": ("P", np.degrees(np.angle(coef["FC"]))),
+        "FWT": ("F", np.abs(coef["FWT"])), "PHWT": ("P", np.degrees(np.angle(coef["FWT"]))),
+        "DELFWT": ("F", np.abs(coef["DELFWT"])), "PHDELWT": ("P", np.degrees(np.angle(coef["DELFWT"]))),
+        "FOM": ("W", coef["FOM"]),
+    }
+    write_mtz(paths["mtz"], job.data, columns)
+    atomic_write_text(paths["json"], json.dumps(jsonable(result.to_dict()), indent=2, allow_nan=False) + "\n")
+    plot_path = paths.get("plot")
+    if plot_path is not None:
+        write_plot(result, plot_path, title=f"{job.model_path.name}: {result.status.label}")
+    return dict(paths)
+
+
+def write_plot(result: XtalRefinementResult, path: str | os.PathLike[str], title: str | None = None) -> None:
+    """R_work and R_free per cycle, with the kept cycle and the alarms marked (PNG, atomic)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.6), layout="constrained")
+    result.plot(ax=ax, log=False, title=title)
+    ax.set_ylabel("R factor")
+    handles, labels = ax.get_legend_handles_labels()
+    ax.legend(handles, [lab.replace("work", "R_work").replace("free", "R_free") if lab in ("work", "free")
+                        else lab for lab in labels], fontsize="small")
+    tmp = Path(str(path) + ".tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def _annotate(st: gemmi.Structure, result: XtalRefinementResult) -> None:
+    best = result.kept.figures
+    st.meta.software = [*st.meta.software]
+    info = gemmi.RefinementInfo() if hasattr(gemmi, "RefinementInfo") else None
+    if info is not None:
+        info.id = "1"
+        info.r_work = float(best.get("r_work", math.nan))
+        info.r_free = float(best.get("r_free", math.nan))
+        info.resolution_high = float(result.data_info.get("d_min", math.nan))
+        info.resolution_low = float(result.data_info.get("d_max", math.nan))
+        st.meta.refinement = [info]
+
+
+def refine_structure(model_path: str | os.PathLike[str], data_path: str | os.PathLike[str],
+                     out_dir: str | os.PathLike[str] | None = None, *, cycles: int = 10,
+                     weight: float | None = None, **options: Any) -> XtalRefinementResult:
+    """Refine a model against amplitudes; write the outputs to ``out_dir`` if given.
+
+    >>> import pathlib, tempfile
+    >>> data = pathlib.Path(__file__).parent.parent / "data" / "xtal"
+    >>> res = refine_structure(data / "5wkd.pdb", data / "r5wkdsf.ent", cycles=2, weight=2.0)
+    >>> res.history[0].figures["r_work"] > 0.1, len(res.history)
+    (True, 3)
+    """
+    job = prepare_refinement(model_path, data_path, **options)
+    result = job.run(cycles=cycles, weight=weight)
+    if out_dir is not None:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        write_outputs(job, result, job.output_paths(out))
+    return result
+
+
+__all__ = ["RefinementJob", "XtalRefinementResult", "prepare_refinement", "refine_structure", "write_outputs",
+           "write_plot", "ReflectionData"]
