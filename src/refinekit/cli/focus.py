@@ -33,7 +33,7 @@ def fuse_command(
     zstep: float | None = typer.Option(None, "--zstep", help="µm between frames: depth also in µm."),
     sort: bool = typer.Option(False, "--sort", help="Put frames in focus order first (acquisition order)."),
     align: bool = typer.Option(True, "--align/--no-align", help="Register frames onto the middle frame."),
-    motion: str = typer.Option("affine", "--motion", help="Alignment: affine, similarity, translation."),
+    motion: str = typer.Option("affine", "--motion", help="affine, similarity, rigid or translation."),
     weight: float | None = typer.Option(
         None, "--weight", help="Fixed depth smoothness weight (default: chosen on held-out frames)."),
     depth_max_side: int = typer.Option(512, "--depth-max-side", help="Depth grid size (px, longer side)."),
@@ -41,10 +41,11 @@ def fuse_command(
 ) -> None:
     """Fuse a focal stack into one all-in-focus image; optionally estimate its depth map."""
     from ..core import InputError
+    from ..focus.align import MOTIONS
     from ..focus.io import check_image_format, read_stack
 
-    if motion not in ("affine", "similarity", "translation"):
-        raise InputError(f"--motion must be affine, similarity or translation, got {motion!r}")
+    if motion not in MOTIONS:
+        raise InputError(f"--motion must be one of {', '.join(MOTIONS)}, got {motion!r}")
     if zstep is not None and not zstep > 0:
         raise InputError(f"--zstep must be a positive number of µm, got {zstep}")
     if weight is not None and not weight > 0:

@@ -1,4 +1,4 @@
-"""Frame alignment: an affine (or similarity, or translation) warp of every frame onto a reference
+"""Frame alignment: an affine (or similarity, rigid, translation) warp of every frame onto a reference
 frame, by OpenCV's enhanced-correlation-coefficient maximisation (ECC; Evangelidis & Psarakis 2008).
 
 Focus breathing changes the magnification through a stack and handheld stacks shift, so frames are
@@ -16,7 +16,8 @@ from typing import Literal
 
 import numpy as np
 
-Motion = Literal["affine", "similarity", "translation"]
+Motion = Literal["affine", "similarity", "rigid", "translation"]
+MOTIONS: tuple[str, ...] = ("affine", "similarity", "rigid", "translation")
 
 
 @dataclass
@@ -64,6 +65,7 @@ class Aligner:
     max_side: int = 512
     min_shift: float = 0.25
     max_iterations: int = 100
+    filter_size: int = 5
     warps: dict[int, FrameWarp] = field(default_factory=dict)
 
     def set_reference(self, frame: np.ndarray, index: int = 0) -> None:
@@ -72,6 +74,12 @@ class Aligner:
         self.shape = frame.shape[:2]
         self.scale = min(1.0, self.max_side / max(self.shape))
         self._reference = self._small(frame)
+        # leave the outer few percent out of the correlation: content that a frame's warp brings in
+        # from beyond its edge (or an extrapolated border) would pull the estimate
+        h, w = self._reference.shape
+        margin = max(2, round(0.03 * max(h, w)))
+        self._mask = np.zeros((h, w), np.uint8)
+        self._mask[margin:h - margin, margin:w - margin] = 1
         self.reference_index = index
         self.warps = {index: FrameWarp(np.eye(2, 3), 1.0, False)}
         self._cv2 = cv2
@@ -97,14 +105,18 @@ class Aligner:
         sx = small.shape[1] / self.shape[1]
         start = self.warps.get(start_from if start_from is not None else self.reference_index)
         initial = _to_small(start.matrix if start is not None else np.eye(2, 3), sx, sy)
-        mode = {"affine": cv2.MOTION_AFFINE, "similarity": cv2.MOTION_EUCLIDEAN,
-                "translation": cv2.MOTION_TRANSLATION}[self.motion]
+        # OpenCV's ECC has no similarity model (scale + rotation + shift, i.e. focus breathing): it is
+        # fitted as affine and projected onto the nearest similarity
+        mode = {"affine": cv2.MOTION_AFFINE, "similarity": cv2.MOTION_AFFINE,
+                "rigid": cv2.MOTION_EUCLIDEAN, "translation": cv2.MOTION_TRANSLATION}[self.motion]
         criteria = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, self.max_iterations, 1e-6)
         warp = FrameWarp(np.eye(2, 3))
         try:
             correlation, matrix = cv2.findTransformECC(self._reference, small, initial.astype(np.float32),
-                                                       mode, criteria, None, 5)
+                                                       mode, criteria, self._mask, self.filter_size)
             full = _to_full(matrix.astype(np.float64), sx, sy)
+            if self.motion == "similarity":
+                full = _nearest_similarity(full)
             warp = FrameWarp(full, float(correlation))
             if not _plausible(full, self.shape):
                 warp = FrameWarp(np.eye(2, 3), float(correlation), failed="implausible warp rejected")
@@ -151,6 +163,13 @@ def _to_full(matrix: np.ndarray, sx: float, sy: float) -> np.ndarray:
     a = a_small * scale[None, :] / scale[:, None]
     b = (matrix[:, 2] - a_small @ half + half) / scale + a @ half - half
     return np.column_stack([a, b])
+
+
+def _nearest_similarity(matrix: np.ndarray) -> np.ndarray:
+    """The similarity ``[[p, -q], [q, p]]`` nearest (Frobenius) to the linear part; shift kept."""
+    (a, b), (c, d) = matrix[:, :2]
+    p, q = 0.5 * (a + d), 0.5 * (c - b)
+    return np.array([[p, -q, matrix[0, 2]], [q, p, matrix[1, 2]]])
 
 
 def _plausible(matrix: np.ndarray, shape: tuple[int, int]) -> bool:

@@ -126,7 +126,7 @@ def fuse_stack(
 
     ``frames``: a :class:`FrameStack` or anything :func:`read_stack` takes. ``sort``: put frames in
     focus order first (for stacks in acquisition order). ``align``: register every frame onto the
-    middle one (``motion``: affine, similarity or translation). ``zstep``: µm between frames, for the
+    middle one (``motion``: affine, similarity, rigid or translation). ``zstep``: µm between frames, for the
     depth in µm. ``weight``: a fixed smoothness weight for the depth map (default: chosen by
     free-slice cross-validation). ``depth_max_side``: the depth map is estimated on a grid at most
     this many pixels across and scaled up. ``sharpness``, ``smoothing``: see :class:`PyramidFusion`.

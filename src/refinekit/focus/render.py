@@ -35,8 +35,9 @@ def render_stack(
     Each frame is the sum over depth layers (spacing ``layer``, tent weights) of the layer's texture
     blurred for that layer's defocus. ``photons`` is the photon count at white (Poisson noise; None
     for none), ``read_noise`` the standard deviation of additive Gaussian noise. ``warps``: one 2x3
-    affine matrix per frame (template -> frame coordinates, OpenCV's inverse-map convention) to
-    misalign the frames. Returns float32 frames ``(len(z), H, W[, 3])``, not clipped or quantised.
+    affine matrix per frame to misalign the frames: frame pixel ``(x, y)`` shows the scene at
+    ``warp @ (x, y, 1)`` (an aligner finds the inverse warp). Returns float32 frames
+    ``(len(z), H, W[, 3])``, not clipped or quantised.
 
     >>> import numpy as np
     >>> rng = np.random.default_rng(1)
