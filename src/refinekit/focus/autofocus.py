@@ -123,9 +123,10 @@ class AutofocusProblem(RefinementProblem):
             self._stage = "fine"
             step = max(width / 3.0, self.fine_step)
             centre = self.best_sample().z
-            for k in range(-3, 4):
-                if k:
-                    self.value(centre + k * step)
+            reach = int(width / step + 1e-9)  # the peak lies within one previous step of the centre
+            for k in range(1, reach + 1):
+                self.value(centre - k * step)
+                self.value(centre + k * step)
             return np.array([self.best_sample().z - z, step - width])
         self._stage = "fit"
         self.fitted = self._fit()

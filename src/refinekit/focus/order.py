@@ -42,12 +42,14 @@ def focus_order(signatures: Sequence[np.ndarray] | np.ndarray) -> list[int]:
     [1, 3, 0, 4, 2]
     """
     s = np.asarray(signatures, dtype=np.float64)
+    # the pattern of relative sharpness, not the overall level: a frame as far in front of the scene
+    # as another is behind it is as blurred overall, but sharp in the opposite regions
+    s = s - s.mean(axis=1, keepdims=True)
     n = s.shape[0]
     if n < 2:
         raise InputError("ordering needs at least 2 frames")
     if n == 2:
         return [0, 1]
-    s = s - s.mean(axis=1, keepdims=True)
     distance = np.sqrt(np.mean((s[:, None, :] - s[None, :, :]) ** 2, axis=2))
     off_diagonal = distance[~np.eye(n, dtype=bool)]
     scale = float(np.median(off_diagonal)) or 1.0
@@ -56,7 +58,26 @@ def focus_order(signatures: Sequence[np.ndarray] | np.ndarray) -> list[int]:
     laplacian = np.diag(similarity.sum(axis=1)) - similarity
     _, vectors = np.linalg.eigh(laplacian)
     fiedler = vectors[:, 1]
-    order = [int(i) for i in np.argsort(fiedler, kind="stable")]
+    order = _two_opt([int(i) for i in np.argsort(fiedler, kind="stable")], distance)
     if order.index(0) > order.index(n - 1):
         order.reverse()
+    return order
+
+
+def _two_opt(order: list[int], distance: np.ndarray) -> list[int]:
+    """Shorten the open path through the frames by reversing segments while any reversal helps (the
+    spectral order is right at large scale; this repairs local swaps among similar frames)."""
+    n = len(order)
+    improved = True
+    while improved:
+        improved = False
+        for i in range(n - 1):
+            for j in range(i + 1, n):
+                before = (distance[order[i - 1], order[i]] if i > 0 else 0.0) + \
+                         (distance[order[j], order[j + 1]] if j < n - 1 else 0.0)
+                after = (distance[order[i - 1], order[j]] if i > 0 else 0.0) + \
+                        (distance[order[i], order[j + 1]] if j < n - 1 else 0.0)
+                if after < before - 1e-12:
+                    order[i:j + 1] = order[i:j + 1][::-1]
+                    improved = True
     return order
