@@ -15,6 +15,7 @@ set and the restraint weighting are refinekit's (:mod:`refinekit.core`).
 from .api import (
     RefinementJob,
     XtalRefinementResult,
+    plot_r_factors,
     prepare_refinement,
     refine_structure,
     write_outputs,
@@ -26,6 +27,7 @@ __all__ = [
     "RFactorReport",
     "RefinementJob",
     "XtalRefinementResult",
+    "plot_r_factors",
     "prepare_refinement",
     "r_factors",
     "refine_structure",

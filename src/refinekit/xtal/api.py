@@ -307,22 +307,45 @@ def write_outputs(job: RefinementJob, result: XtalRefinementResult, paths: dict[
     return dict(paths)
 
 
+def plot_r_factors(result: XtalRefinementResult, ax: Any = None, title: str | None = None) -> Any:
+    """R_work and R_free per cycle; the kept cycle, the lowest R_free and every alarm marked."""
+    import matplotlib
+
+    if ax is None:
+        matplotlib.use("Agg", force=False)
+        import matplotlib.pyplot as plt
+
+        _, ax = plt.subplots(figsize=(6, 3.6), layout="constrained")
+    cycles = [r.cycle for r in result.history]
+    ax.plot(cycles, [r.figures.get("r_work", math.nan) for r in result.history], "o-", color="tab:blue",
+            ms=4, label="R_work")
+    ax.plot(cycles, [r.figures.get("r_free", math.nan) for r in result.history], "s-", color="tab:red",
+            ms=4, label="R_free")
+    ax.axvline(result.kept_cycle, color="0.3", ls="--", lw=1, label=f"kept model (cycle {result.kept_cycle})")
+    colours = {"overfitting": "tab:orange", "biased_free_set": "tab:purple"}
+    for alarm in result.alarms:
+        if alarm.cycle is not None:
+            ax.axvline(alarm.cycle, color=colours.get(alarm.kind, "tab:gray"), lw=2.5, alpha=0.6,
+                       label=f"{alarm.kind.replace('_', ' ')} alarm (cycle {alarm.cycle})")
+    ax.set_xlabel("cycle")
+    ax.set_ylabel("R factor")
+    ax.set_xticks(cycles if len(cycles) <= 16 else cycles[:: max(1, len(cycles) // 12)])
+    ax.set_title(title or f"{result.status.label}: {result.n_cycles} cycles")
+    ax.legend(fontsize="small")
+    return ax
+
+
 def write_plot(result: XtalRefinementResult, path: str | os.PathLike[str], title: str | None = None) -> None:
-    """R_work and R_free per cycle, with the kept cycle and the alarms marked (PNG, atomic)."""
+    """:func:`plot_r_factors` as a PNG file, written atomically."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 3.6), layout="constrained")
-    result.plot(ax=ax, log=False, title=title)
-    ax.set_ylabel("R factor")
-    handles, labels = ax.get_legend_handles_labels()
-    ax.legend(handles, [lab.replace("work", "R_work").replace("free", "R_free") if lab in ("work", "free")
-                        else lab for lab in labels], fontsize="small")
+    ax = plot_r_factors(result, title=title)
     tmp = Path(str(path) + ".tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
+    ax.figure.savefig(tmp, dpi=120)
+    plt.close(ax.figure)
     tmp.replace(path)
 
 
@@ -359,5 +382,5 @@ def refine_structure(model_path: str | os.PathLike[str], data_path: str | os.Pat
     return result
 
 
-__all__ = ["RefinementJob", "XtalRefinementResult", "prepare_refinement", "refine_structure", "write_outputs",
-           "write_plot", "ReflectionData"]
+__all__ = ["RefinementJob", "ReflectionData", "XtalRefinementResult", "plot_r_factors", "prepare_refinement",
+           "refine_structure", "write_outputs", "write_plot"]

@@ -115,10 +115,12 @@ def infer_free_convention(values: np.ndarray) -> tuple[int, str]:
 
 # ------------------------------------------------------------------------------ French-Wilson
 def french_wilson(intensity: np.ndarray, sigma: np.ndarray, s2: np.ndarray, centric: np.ndarray,
-                  epsilon: np.ndarray, *, n_nodes: int = 96) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                  epsilon: np.ndarray, *, mean_intensity: np.ndarray | None = None, n_nodes: int = 96
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Amplitudes from intensities by French & Wilson (1978): the posterior mean of F given I, with a
     Wilson prior whose mean intensity is estimated from the data in resolution shells.
 
+    ``mean_intensity`` (Wilson's Sigma per reflection) is estimated from the data where not given.
     Returns ``(F, sigma_F, kept)``; ``kept`` is False for reflections too negative to trust
     (``I/sigma - sigma/(epsilon Sigma) < -4``, as ctruncate).
 
@@ -129,7 +131,8 @@ def french_wilson(intensity: np.ndarray, sigma: np.ndarray, s2: np.ndarray, cent
     """
     intensity = np.asarray(intensity, dtype=float)
     sigma = np.asarray(sigma, dtype=float)
-    mean_i = _wilson_mean_intensity(intensity, s2, epsilon)
+    mean_i = (_wilson_mean_intensity(intensity, s2, epsilon) if mean_intensity is None
+              else np.asarray(mean_intensity, dtype=float))
     var = epsilon * mean_i                                   # epsilon * Sigma(s)
     h = intensity / sigma - sigma / np.where(centric, 2.0 * var, var)
     kept = h >= -4.0

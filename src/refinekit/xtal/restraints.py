@@ -299,9 +299,13 @@ class GeometryRestraints:
             coef = w["plane"] * 2 * z / sigma[:, None]
             np.add.at(grad, idx.ravel(), (coef[:, :, None] * normal[:, None, :]).reshape(-1, 3))
             if with_hessian:
-                k = idx.shape[1]
-                # each atom's distance from the plane moves with the atom along the normal
-                terms.append((idx.reshape(-1, 1), np.repeat(normal, k, axis=0)[:, None, :],
+                # atom i's distance from the plane moves with every atom k of the group along the
+                # normal, by (delta_ik - 1/n): the centroid moves too (the normal's turn adds nothing
+                # at the best plane)
+                m, k = idx.shape
+                mix = np.eye(k)[None, :, :] - 1.0 / k                                # (1, i, k)
+                jac = mix[:, :, :, None] * normal[:, None, None, :]                  # (m, i, k, 3)
+                terms.append((np.repeat(idx, k, axis=0), jac.reshape(m * k, k, 3),
                               np.repeat(w["plane"] / sigma**2, k)))
         if self.planes:
             parts["plane"] = w["plane"] * plane_value
@@ -467,7 +471,8 @@ def _plane_terms(xyz: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarr
 
 def _assemble_hessian(terms: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
                       param_of_atom: np.ndarray | None, n_blocks: int) -> sparse.csr_matrix:
-    """Sum of w J^T J over all terms, as a (3 n_blocks)^2 sparse matrix."""
+    """Sum of 2 w J^T J over all terms (the Gauss-Newton part of the Hessian of w z^2, z = J dx), as a
+    (3 n_blocks)^2 sparse matrix."""
     rows, cols, vals = [], [], []
     for idx, jac, weight in terms:
         blocks = idx if param_of_atom is None else param_of_atom[idx]        # (m, k)
@@ -478,7 +483,7 @@ def _assemble_hessian(terms: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
         r, jflat, wt = r[keep], jflat[keep], weight[keep]
         rows.append(np.repeat(r, 3 * k, axis=1).ravel())
         cols.append(np.tile(r, (1, 3 * k)).ravel())
-        vals.append((wt[:, None, None] * jflat[:, :, None] * jflat[:, None, :]).ravel())
+        vals.append((2.0 * wt[:, None, None] * jflat[:, :, None] * jflat[:, None, :]).ravel())
     size = 3 * n_blocks
     if not rows:
         return sparse.csr_matrix((size, size))
@@ -490,7 +495,7 @@ def _assemble_b_hessian(idx: np.ndarray, weight: np.ndarray, param_of_atom: np.n
                         n_blocks: int) -> sparse.csr_matrix:
     blocks = idx if param_of_atom is None else param_of_atom[idx]
     keep = np.all(blocks >= 0, axis=1)
-    i, j, wt = blocks[keep, 0], blocks[keep, 1], weight[keep]
+    i, j, wt = blocks[keep, 0], blocks[keep, 1], 2.0 * weight[keep]
     rows = np.concatenate([i, j, i, j])
     cols = np.concatenate([i, j, j, i])
     vals = np.concatenate([wt, wt, -wt, -wt])

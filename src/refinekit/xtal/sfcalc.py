@@ -170,10 +170,13 @@ class StructureFactorCalculator:
         scale = self.cell.volume**2 / grid.point_count * 0.5 * n_centring
         return np.asarray(grid.array, dtype=np.float64) * scale
 
-    def gradient(self, d_target_d_fc: np.ndarray, atoms: AtomArrays, *, want_occ: bool = False
-                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        """dT/dxyz (n, 3), dT/dB (n) and, with ``want_occ``, dT/docc (n) of every atom."""
+    def gradient(self, d_target_d_fc: np.ndarray, atoms: AtomArrays, *, want_occ: bool = False,
+                 exact: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """dT/dxyz (n, 3), dT/dB (n) and, with ``want_occ``, dT/docc (n) of every atom (see
+        :meth:`integrate` for ``exact``)."""
         dmap = self.derivative_map(d_target_d_fc)
+        if exact:
+            return self.integrate(dmap, atoms, want_occ=want_occ, exact=True, cutoff=DENSITY_CUTOFF)
         return self.integrate(dmap, atoms, want_occ=want_occ)
 
     def integrate(self, dmap: np.ndarray, atoms: AtomArrays, *, want_occ: bool = False,
