@@ -24,6 +24,7 @@ from ..core.atomic import atomic_write_bytes
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
 _TIFF = (".tif", ".tiff")
 _SUPPORTED_DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16), np.dtype(np.float32))
+FrameProps = tuple[tuple[int, int], int, np.dtype]  # (height, width), channels, dtype
 
 
 @dataclass(frozen=True)
@@ -132,7 +133,7 @@ def read_stack(inputs: Sequence[str | os.PathLike[str]]) -> FrameStack:
     if not inputs:
         raise InputError("no frames given")
     refs: list[FrameRef] = []
-    props: list[tuple[tuple[int, int], int, np.dtype]] = []
+    props: list[FrameProps] = []
     for item in inputs:
         path = Path(item)
         if path.is_dir():
@@ -163,7 +164,7 @@ def read_stack(inputs: Sequence[str | os.PathLike[str]]) -> FrameStack:
     return FrameStack(refs, shape, channels, dtype)
 
 
-def _probe(path: Path) -> list[tuple[FrameRef, tuple[tuple[int, int], int, np.dtype]]]:
+def _probe(path: Path) -> list[tuple[FrameRef, FrameProps]]:
     """Each frame in ``path`` with its (size, channels, dtype), from the header where possible."""
     if not path.exists():
         raise InputError("no such file", path=path)
@@ -177,6 +178,9 @@ def _probe(path: Path) -> list[tuple[FrameRef, tuple[tuple[int, int], int, np.dt
         raise InputError("empty file", path=path)
     if path.suffix.lower() in _TIFF:
         return _probe_tiff(path)
+    png = _probe_png(path)
+    if png is not None:
+        return [(FrameRef(path), png)]
     try:
         import imageio.v3 as iio
 
@@ -190,7 +194,29 @@ def _probe(path: Path) -> list[tuple[FrameRef, tuple[tuple[int, int], int, np.dt
     return [(FrameRef(path), _check_props(path, shape, dtype))]
 
 
-def _probe_tiff(path: Path) -> list[tuple[FrameRef, tuple[tuple[int, int], int, np.dtype]]]:
+def _probe_png(path: Path) -> FrameProps | None:
+    """Size, channels and dtype from a PNG's IHDR chunk as OpenCV will decode it (Pillow reports a
+    16-bit colour PNG as 8-bit); None if the file is not a PNG."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(26)
+    except OSError as exc:
+        raise InputError(f"cannot read ({(exc.strerror or str(exc)).lower()})", path=path) from None
+    if head[:8] != b"\x89PNG\r\n\x1a\n":
+        return None
+    if len(head) < 26 or head[12:16] != b"IHDR":
+        raise InputError("not a readable image (truncated PNG header)", path=path)
+    width, height = int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+    bit_depth, colour_type = head[24], head[25]
+    # OpenCV gives grey for type 0, BGR(A) for 2 (RGB), 3 (palette), 4 (grey + alpha), 6 (RGBA)
+    channels = 1 if colour_type == 0 else 3
+    dtype = np.dtype(np.uint16) if bit_depth == 16 else np.dtype(np.uint8)
+    if width < 1 or height < 1:
+        raise InputError("empty image", path=path)
+    return (height, width), channels, dtype
+
+
+def _probe_tiff(path: Path) -> list[tuple[FrameRef, FrameProps]]:
     import tifffile
 
     try:
@@ -220,9 +246,6 @@ def _tiff_layout(path: Path, shape: tuple[int, ...], axes: str) -> tuple[tuple[i
         raise InputError(f"TIFF has more than one stack axis (axes {axes}, shape {shape}): "
                          "give a single z-series", path=path)
     return frame, int(np.prod(lead)) if lead else 1
-
-
-FrameProps = tuple[tuple[int, int], int, np.dtype]  # (height, width), channels, dtype
 
 
 def _check_props(path: Path, shape: tuple[int, ...], dtype: np.dtype) -> FrameProps:
