@@ -6,10 +6,13 @@ The correction ``d`` solves ``A d = r`` approximately with a *corrector*: the lo
 (plain refinement, route ``"ir"``), flexible GMRES preconditioned by them (``"gmres-ir"``), or double
 LU factors (``"double"``, fixed-precision refinement). ``x + d`` is the next model.
 
-The engine's rules stop it: the relative correction ``max_j ||d_j||_inf / ||x_j||_inf`` at or below
-``tol`` (converged), a correction more than half the previous one (stagnated: refinement has reached
-its limiting accuracy, or does not contract), a backward error 1000 times its lowest (diverged), and a
-non-finite residual, correction or solution at any cycle. Divergence is judged here, not by the
+The rules that stop it: the relative correction ``max_j ||d_j||_inf / ||x_j||_inf`` at or below ``tol``
+(converged; the engine's rule), a componentwise backward error ``max_i |r_i| / (|A||x| + |b|)_i`` at or
+below twice the unit roundoff (converged: every residual component is rounding noise, and the next
+correction would be too; LAPACK's xGERFS test, with one unit of slack), a correction more than half the
+previous one (stagnated, the engine's rule: refinement has reached its limiting accuracy, or does not
+contract), a backward error 1000 times its lowest (diverged), and a non-finite residual, correction or
+solution at any cycle. Divergence is judged here, not by the
 engine: only a backward error that has risen 1000-fold *and* lies above the converged level counts.
 """
 
@@ -22,12 +25,13 @@ import numpy as np
 
 from ..core import RefinementProblem, Scores, Status, StopRefinement
 from .gmres import fgmres
+from .precision import DOUBLE_EPS
 
 
 def _power_of_two_scale(largest: float) -> float:
     if not (largest > 0 and math.isfinite(largest)):
         return 1.0
-    return 2.0 ** -max(-1000, min(1000, round(math.log2(largest))))
+    return math.ldexp(1.0, -max(-1000, min(1000, math.frexp(largest)[1])))
 
 
 class LUCorrector:
@@ -39,12 +43,16 @@ class LUCorrector:
         self.route = route
         self.inner_iterations = 0
 
-    def solve(self, r: np.ndarray) -> np.ndarray:
-        scaling = self.system.scaling
+    def solve(self, r: np.ndarray, r_norm: np.ndarray | None = None) -> np.ndarray:
+        """``A^-1 r`` through the factors; ``r_norm``: the columns' largest magnitudes, if known."""
+        system = self.system
+        scaling = system.scaling
         # normalise r by a power of two first: with extreme row scale factors, R r could otherwise
-        # fall into the subnormal range and lose digits
-        scale = self.system.column_scale(r)
-        return scaling.from_scaled(self.factors.solve(scaling.to_scaled(r * scale))) / scale
+        # fall into the subnormal range and lose digits (and without row scaling, R r = r is then
+        # ready for rounding to the factors' precision as it is)
+        scale = system.scale_for(system.column_norms(r) if r_norm is None else r_norm)
+        solved = self.factors.solve(scaling.to_scaled(r * scale), prescaled=scaling.row is None)
+        return scaling.from_scaled(solved) / scale
 
     def solve_transpose(self, v: np.ndarray) -> np.ndarray:
         """``A^-T v`` through the factors (for the error bounds)."""
@@ -56,8 +64,8 @@ class LUCorrector:
     def initial(self) -> np.ndarray:
         return self.solve(self.system.b)
 
-    def correct(self, r: np.ndarray) -> np.ndarray:
-        return self.solve(r)
+    def correct(self, r: np.ndarray, r_norm: np.ndarray | None = None) -> np.ndarray:
+        return self.solve(r, r_norm)
 
     def item(self, i: int) -> LUCorrector:
         """The corrector of system ``i`` of a stack (torch)."""
@@ -158,7 +166,7 @@ class GmresCorrector:
             out[:, j] = outcome.x / scale
         return scaling.transpose_from_scaled(out) / normalise
 
-    def correct(self, r: np.ndarray) -> np.ndarray:
+    def correct(self, r: np.ndarray, r_norm: np.ndarray | None = None) -> np.ndarray:
         return self.solve(r)
 
     def initial(self) -> np.ndarray:
@@ -181,10 +189,19 @@ class IterativeRefinementProblem(RefinementProblem):
         self.converged_backward_error = float(converged_backward_error)
         self.divergence = float(divergence)
         self._residual: np.ndarray | None = None
+        # column norms of the last model checked and of the last correction, so that each vector's
+        # norms are taken once per cycle (it shows for small n)
+        self._checked: tuple[Any, np.ndarray, np.ndarray] | None = None
+        self._corrected: tuple[Any, np.ndarray] | None = None
+        # |A||x| + |b| for the componentwise backward error, taken once x has settled to 3 digits
+        self._magnitudes: Any = None
+        self._last_step: float | None = None
+        self._pending_stop: str | None = None
         self._last_inner = 0
-        # the residual of the model with the lowest backward error: the engine returns that model,
-        # and its residual need not be computed again
+        # the lowest backward error so far, and the residuals of the last models checked: the engine
+        # returns one of them, whose residual need not be computed again
         self._best: tuple[float, np.ndarray, np.ndarray] | None = None
+        self._recent: list[tuple[Any, Any]] = []
 
     def initial(self) -> np.ndarray:
         if self.x0 is not None:
@@ -194,9 +211,12 @@ class IterativeRefinementProblem(RefinementProblem):
         return x0
 
     def check(self, x: np.ndarray) -> Scores:
-        r = self.system.residual(x)
+        system = self.system
+        r = system.residual(x)
         self._residual = r
-        etas = self.system.backward_errors(x, r)
+        r_norm, x_norm = system.column_norms(r), system.column_norms(x)
+        self._checked = (x, x_norm, r_norm)
+        etas = system.backward_errors_from_norms(r_norm, x_norm)
         eta = float(np.max(etas)) if etas.size else 0.0
         lowest = self._best[0] if self._best is not None else math.inf
         if eta > self.divergence * lowest and eta > self.converged_backward_error:
@@ -207,21 +227,42 @@ class IterativeRefinementProblem(RefinementProblem):
                 f"{self._best[0]:.3g}"))
         if self._best is None or eta < self._best[0]:
             self._best = (eta, x, r)
+        self._recent = [*self._recent[-3:], (x, r)]
         figures = {"backward_error": eta, "inner_iterations": float(self._last_inner)}
+        if self._magnitudes is None and self._last_step is not None and self._last_step <= 1e-3:
+            # |A||x| changes by at most the relative change of x from here on: one pass over |A| serves
+            # every later check
+            self._magnitudes = system.magnitudes(x)
+        if self._magnitudes is not None:
+            omega = system.largest_ratio(r, self._magnitudes)
+            figures["componentwise_backward_error"] = omega
+            if omega <= 2 * DOUBLE_EPS:
+                # every component of r is at the rounding level of its own computation (the final
+                # subtraction from b alone contributes up to one unit of roundoff): the next correction
+                # would be noise. LAPACK's xGERFS stops at one unit; its test can miss by a hair.
+                self._pending_stop = (f"converged: componentwise backward error {omega:.3g} <= 2 x unit "
+                                      f"roundoff (every residual component is at its rounding level)")
         return Scores(work=eta if not math.isnan(eta) else math.inf, figures=figures)
 
     def residual_of(self, x: np.ndarray) -> np.ndarray:
         """``b - A x``, from the cache where ``x`` is the best model checked."""
         if self._best is not None and self._best[1] is x:
             return self._best[2]
+        for model, residual in self._recent:
+            if model is x:
+                return residual
         return self.system.residual(x)
 
     def correct(self, x: np.ndarray, scores: Scores) -> np.ndarray:
-        if self._residual is None:  # pragma: no cover - the engine always checks first
-            self._residual = self.system.residual(x)
-        d = self.corrector.correct(self._residual)
+        if self._pending_stop is not None:
+            raise StopRefinement(Status.CONVERGED, self._pending_stop)
+        if self._checked is None or self._checked[0] is not x:  # pragma: no cover - the engine checks first
+            self.check(x)
+        d = self.corrector.correct(self._residual, self._checked[2])
         self._last_inner = getattr(self.corrector, "inner_iterations", 0)
-        if not self.system.all_finite(d):
+        d_norm = self.system.column_norms(d)
+        self._corrected = (d, d_norm)
+        if not np.isfinite(d_norm).all():  # a max is NaN or Inf exactly where an entry is
             raise StopRefinement(Status.NON_FINITE, f"non-finite correction from the {self.corrector.route} "
                                                     f"corrector")
         return d
@@ -232,13 +273,25 @@ class IterativeRefinementProblem(RefinementProblem):
     def step_size(self, x: np.ndarray, step: np.ndarray) -> float:
         """``max_j ||d_j||_inf / ||x_j||_inf`` (``||d_j||`` where ``x_j = 0``), the largest over the
         right-hand sides, so that each converges on its own scale."""
-        d_norm = self.system.column_norms(step)
-        x_norm = self.system.column_norms(x)
+        if self._corrected is not None and self._corrected[0] is step:
+            d_norm = self._corrected[1]
+        else:
+            d_norm = self.system.column_norms(step)
+        if self._checked is not None and self._checked[0] is x:
+            x_norm = self._checked[1]
+        else:
+            x_norm = self.system.column_norms(x)
         if d_norm.size == 0:
             return 0.0
+        if x_norm.all():
+            self._last_step = float((d_norm / x_norm).max())
+            return self._last_step
         with np.errstate(divide="ignore", invalid="ignore"):
             ratios = np.where(x_norm > 0, d_norm / x_norm, d_norm)
-        return float(np.max(ratios))
+        self._last_step = float(np.max(ratios))
+        return self._last_step
 
     def is_finite(self, x: np.ndarray) -> bool:
+        if self._checked is not None and self._checked[0] is x:
+            return bool(np.isfinite(self._checked[1]).all())
         return self.system.all_finite(x)

@@ -92,14 +92,21 @@ def choose_scaling(row_max: np.ndarray, col_max_of: Any, *, always: bool = False
     return Scaling(row, col)
 
 
+def powers_of_two_for(largest: np.ndarray) -> np.ndarray:
+    """``2**-e`` with ``largest = f * 2**e``, ``0.5 <= f < 1`` (1 where ``largest`` is 0 or not finite):
+    the exact scale factors that bring vectors of these largest magnitudes into [0.5, 1)."""
+    # frexp gives exponent 0 for 0, Inf and NaN; exponents reach -1073 (subnormals), whose inverse
+    # power of two would overflow, hence the floor
+    return np.ldexp(1.0, -np.maximum(np.frexp(largest)[1], -1000))
+
+
 def column_scale(v: np.ndarray) -> np.ndarray:
-    """Powers of two bringing each column's largest magnitude near 1: a right-hand side is scaled so
-    before it is rounded to a low precision (a residual of 1e-40 would underflow float32, a vector of
-    1e300 overflow it), and the solution scaled back (exactly: linear solves commute with scaling)."""
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        largest = np.max(np.abs(v), axis=-2, keepdims=True) if v.shape[-2] else np.ones(v.shape[-1])
-        largest = np.where((largest > 0) & np.isfinite(largest), largest, 1.0)
-        return np.exp2(-np.clip(np.round(np.log2(largest)), -1000, 1000))
+    """Powers of two bringing each column's largest magnitude near 1 (shape ``(1, k)``): a right-hand
+    side is scaled so before it is rounded to a low precision (a residual of 1e-40 would underflow
+    float32, a vector of 1e300 overflow it), and the solution scaled back (exactly: linear solves
+    commute with scaling)."""
+    largest = np.max(np.abs(v), axis=-2, keepdims=True) if v.shape[-2] else np.ones((1, v.shape[-1]))
+    return powers_of_two_for(largest)
 
 
 def _block_rows(n_columns: int, itemsize: int, target_bytes: int = 1 << 20) -> int:
@@ -121,16 +128,17 @@ class DenseLU:
         self.unit_roundoff = UNIT_ROUNDOFF[precision]
         self._getrs = lapack.sgetrs if lu.dtype == np.float32 else lapack.dgetrs
 
-    def solve(self, v: np.ndarray, transposed: bool = False) -> np.ndarray:
-        """``A_s^-1 v`` (``A_s^-T v`` if ``transposed``), computed in the factors' precision."""
+    def solve(self, v: np.ndarray, transposed: bool = False, prescaled: bool = False) -> np.ndarray:
+        """``A_s^-1 v`` (``A_s^-T v`` if ``transposed``), computed in the factors' precision.
+        ``prescaled``: the columns of ``v`` already have their largest magnitudes near 1."""
         low = self.lu.dtype != np.float64
-        scale = column_scale(v) if low else None
-        rhs = (v * scale).astype(self.lu.dtype) if low else v
+        scale = column_scale(v) if low and not prescaled else None
+        rhs = (v if scale is None else v * scale).astype(self.lu.dtype) if low else v
         x, _info = self._getrs(self.lu, self.pivots, rhs, trans=0 if transposed else 1, overwrite_b=low)
         out = x.astype(np.float64, copy=False)
-        if low:
-            out = out * (self.multiplier / scale)
-        return out
+        if scale is not None:
+            out = out / scale
+        return out * self.multiplier if self.multiplier != 1.0 else out
 
     def reciprocal_condition(self, norm_inf: float) -> float:
         """LAPACK's estimate of ``1 / kappa_inf(A_s)`` from the factors (``norm_inf = ||A_s||_inf``)."""
@@ -151,9 +159,9 @@ class SparseLU:
         self.unit_roundoff = UNIT_ROUNDOFF[precision]
         self.dtype = np.float32 if precision == "single" else np.float64
 
-    def solve(self, v: np.ndarray, transposed: bool = False) -> np.ndarray:
+    def solve(self, v: np.ndarray, transposed: bool = False, prescaled: bool = False) -> np.ndarray:
         low = self.dtype != np.float64
-        scale = column_scale(v) if low else 1.0
+        scale = column_scale(v) if low and not prescaled else 1.0
         out = self.factors.solve(np.asarray(v * scale, dtype=self.dtype), trans="T" if transposed else "N")
         out = np.asarray(out, dtype=np.float64).reshape(v.shape)
         return out / scale if low else out
@@ -170,12 +178,27 @@ class NumpyVectors:
     n: int
 
     def column_norms(self, v: np.ndarray) -> np.ndarray:
-        """``||v_j||_inf`` of each column (a flat numpy array)."""
+        """``||v_j||_inf`` of each column (a flat numpy array; NaN where the column has a NaN)."""
         return np.max(np.abs(v), axis=0) if v.shape[0] else np.zeros(v.shape[1])
 
     def backward_errors(self, x: np.ndarray, r: np.ndarray) -> np.ndarray:
         """Normwise backward error of each column (see :func:`backward_errors`)."""
-        return backward_errors(self, x, r)
+        return self.backward_errors_from_norms(self.column_norms(r), self.column_norms(x))
+
+    def backward_errors_from_norms(self, r_norm: np.ndarray, x_norm: np.ndarray) -> np.ndarray:
+        return _rigal_gaches(r_norm, x_norm, self.norm_inf, self.b_norm)
+
+    def magnitudes(self, x: np.ndarray) -> np.ndarray:
+        """``|A||x| + |b|``: the scale of each residual component's rounding error."""
+        return self.abs_times(np.abs(x)) + np.abs(self.b)
+
+    def largest_ratio(self, r: np.ndarray, magnitudes: np.ndarray) -> float:
+        """``max_i |r_i| / magnitudes_i`` (0/0 counts as 0)."""
+        return float((np.abs(r) / (magnitudes + np.finfo(np.float64).tiny)).max()) if r.size else 0.0
+
+    def scale_for(self, norms: np.ndarray) -> np.ndarray:
+        """Powers of two, shaped to multiply the vectors, for columns of these largest magnitudes."""
+        return powers_of_two_for(norms)[None, :]
 
     def all_finite(self, v: np.ndarray) -> bool:
         return bool(np.all(np.isfinite(v)))
@@ -496,11 +519,17 @@ class SparseSystem(NumpyVectors):
 def backward_errors(system: Any, x: np.ndarray, r: np.ndarray) -> np.ndarray:
     """Normwise backward error of each column: ``||r||_inf / (||A||_inf ||x||_inf + ||b||_inf)``
     (Rigal & Gaches): the smallest relative change to ``A`` and ``b`` that makes ``x`` exact."""
-    r_norm = np.max(np.abs(r), axis=0)
-    denominator = system.norm_inf * np.max(np.abs(x), axis=0) + system.b_norm
+    return _rigal_gaches(np.max(np.abs(r), axis=0), np.max(np.abs(x), axis=0), system.norm_inf, system.b_norm)
+
+
+def _rigal_gaches(r_norm: np.ndarray, x_norm: np.ndarray, norm_a: float, b_norm: np.ndarray) -> np.ndarray:
+    denominator = norm_a * x_norm + b_norm
+    if denominator.all():  # the usual case, without the cost of errstate and where
+        eta = r_norm / denominator
+        return eta if not np.isnan(eta).any() else np.where(np.isnan(eta), np.inf, eta)
     with np.errstate(divide="ignore", invalid="ignore"):
         eta = np.where(denominator > 0, r_norm / denominator, np.where(r_norm > 0, np.inf, 0.0))
-    return np.where(np.isnan(r_norm), np.inf, eta)
+    return np.where(np.isnan(eta), np.inf, eta)
 
 
 def converged_backward_error(n: int, tol: float) -> float:

@@ -130,11 +130,12 @@ class TorchLU:
                        permutation=None if self.permutation is None else self.permutation[i],
                        multiplier=self.multiplier)
 
-    def solve(self, v: Any, transposed: bool = False) -> Any:
+    def solve(self, v: Any, transposed: bool = False, prescaled: bool = False) -> Any:
         torch = _torch()
         low = self.lu.dtype != torch.float64
         scale = None
-        if low:  # powers of two keep a tiny or huge vector inside float32's range (see column_scale)
+        # powers of two keep a tiny or huge vector inside float32's range (see column_scale)
+        if low and not prescaled:
             scale = _column_scale(v)
             v = v * scale
         rhs = v.to(self.lu.dtype)
@@ -363,14 +364,26 @@ class TorchSystem:
         return self.to_numpy(v.abs().amax(-2)).ravel() if v.shape[-2] else np.zeros(v.shape[-1])
 
     def backward_errors(self, x: Any, r: Any) -> np.ndarray:
-        torch = _torch()
-        r_norm = r.abs().amax(-2)
-        denominator = self.norm_inf[..., None] * x.abs().amax(-2) + self.b_norm
-        zero = torch.zeros_like(r_norm)
-        inf = torch.full_like(r_norm, math.inf)
-        eta = torch.where(denominator > 0, r_norm / denominator, torch.where(r_norm > 0, inf, zero))
-        eta = torch.where(torch.isnan(eta), inf, eta)
-        return self.to_numpy(eta).ravel()
+        return self.backward_errors_from_norms(self.column_norms(r), self.column_norms(x))
+
+    def backward_errors_from_norms(self, r_norm: np.ndarray, x_norm: np.ndarray) -> np.ndarray:
+        norm_a = self.to_numpy(self.norm_inf)[..., None]
+        norm_a = np.broadcast_to(norm_a, (*self.batch_shape, self.k)).ravel()
+        denominator = norm_a * x_norm + self.to_numpy(self.b_norm).ravel()
+        with np.errstate(divide="ignore", invalid="ignore"):
+            eta = np.where(denominator > 0, r_norm / denominator, np.where(r_norm > 0, np.inf, 0.0))
+        return np.where(np.isnan(eta), np.inf, eta)
+
+    def magnitudes(self, x: Any) -> Any:
+        return self.a.abs() @ x.abs() + self.b.abs()
+
+    def largest_ratio(self, r: Any, magnitudes: Any) -> float:
+        return float((r.abs() / (magnitudes + np.finfo(np.float64).tiny)).max()) if r.numel() else 0.0
+
+    def scale_for(self, norms: np.ndarray) -> Any:
+        from .systems import powers_of_two_for
+
+        return self.from_numpy(powers_of_two_for(norms).reshape(*self.batch_shape, 1, self.k))
 
     def all_finite(self, v: Any) -> bool:
         return bool(_torch().isfinite(v).all())

@@ -1,0 +1,226 @@
+"""refinekit.linalg.solve against numpy.linalg.solve, LAPACK dgesv (scipy) and LAPACK dsgesv, in one run.
+
+Matrices: ``U diag(s) V^T`` with Haar-random orthogonal ``U``, ``V`` and singular values spread
+geometrically from 1 to ``1/kappa``; ``b = A x`` with ``x ~ N(0, 1)``. For each case every solver runs
+``--repeats`` times, interleaved (so that a slow spell of the machine hits all alike); the table gives
+median times, ratios to dgesv, and the forward error ``||x - x*||_inf / ||x*||_inf`` against a solution
+computed with long-double residuals. dsgesv is LAPACK's own mixed-precision solver (single LU, double
+refinement), called through the function pointer scipy.linalg.cython_lapack exports.
+
+Each thread setting runs in a subprocess whose environment fixes the BLAS threads before numpy is
+imported (1, and all cores); the subprocess also unsets OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE, which
+some machines set and which slow current numpy (the caller's environment is untouched). The BLAS
+libraries in use are reported.
+
+    python benchmarks/linalg_solve.py [--sizes 500 2000 4000] [--kappas 1e2 1e6 1e8] [--repeats 5]
+                                      [--threads 1 all] [--markdown out.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+SOLVERS = ("numpy.linalg.solve", "dgesv", "dsgesv", "refinekit", "refinekit+bounds")
+
+
+# ------------------------------------------------------------------------------------------ worker
+def _dsgesv():
+    """LAPACK's dsgesv through scipy's cython_lapack capsule (scipy has no Python wrapper for it)."""
+    import ctypes
+
+    from scipy.linalg import cython_lapack
+
+    capsule = cython_lapack.__pyx_capi__["dsgesv"]
+    api = ctypes.pythonapi
+    api.PyCapsule_GetName.restype = ctypes.c_char_p
+    api.PyCapsule_GetName.argtypes = [ctypes.py_object]
+    api.PyCapsule_GetPointer.restype = ctypes.c_void_p
+    api.PyCapsule_GetPointer.argtypes = [ctypes.py_object, ctypes.c_char_p]
+    pointer = api.PyCapsule_GetPointer(capsule, api.PyCapsule_GetName(capsule))
+    ip, dp, fp = ctypes.POINTER(ctypes.c_int), ctypes.POINTER(ctypes.c_double), ctypes.POINTER(ctypes.c_float)
+    function = ctypes.CFUNCTYPE(None, ip, ip, dp, ip, ip, dp, ip, dp, ip, dp, fp, ip, ip)(pointer)
+
+    def dsgesv(a, b):
+        import numpy as np
+
+        n, k = b.shape
+        a_f = np.array(a, order="F")  # copied, as dgesv's caller must
+        b_f = np.array(b, order="F")
+        x = np.empty((n, k), order="F")
+        work = np.empty((n, k), order="F")
+        swork = np.empty(n * (n + k), dtype=np.float32)
+        ipiv = np.empty(n, dtype=np.int32)
+        iters, info = ctypes.c_int(0), ctypes.c_int(0)
+        cn, ck = ctypes.c_int(n), ctypes.c_int(k)
+
+        def ptr(array, kind):
+            return array.ctypes.data_as(kind)
+
+        function(ctypes.byref(cn), ctypes.byref(ck), ptr(a_f, dp), ctypes.byref(cn), ptr(ipiv, ip),
+                 ptr(b_f, dp), ctypes.byref(cn), ptr(x, dp), ctypes.byref(cn), ptr(work, dp), ptr(swork, fp),
+                 ctypes.byref(iters), ctypes.byref(info))
+        return x, iters.value, info.value
+
+    return dsgesv
+
+
+def _blas_info() -> str:
+    import numpy as np
+    import scipy
+
+    def describe(config) -> str:
+        blas = config.get("Build Dependencies", {}).get("blas", {})
+        return f"{blas.get('name', '?')} {blas.get('version', '')}".strip()
+
+    try:
+        numpy_blas = describe(np.show_config(mode="dicts"))
+    except Exception:  # older numpy: no dicts mode
+        numpy_blas = "?"
+    try:
+        scipy_blas = describe(scipy.show_config(mode="dicts"))
+    except Exception:
+        scipy_blas = "?"
+    return f"numpy: {numpy_blas}; scipy: {scipy_blas}"
+
+
+def _matrices(n: int, kappas: list[float], seed: int):
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    left, _ = np.linalg.qr(rng.standard_normal((n, n)))
+    right, _ = np.linalg.qr(rng.standard_normal((n, n)))
+    for kappa in kappas:
+        yield kappa, (left * np.logspace(0, -np.log10(kappa), n)) @ right.T
+
+
+def _reference(a, b):
+    import numpy as np
+    import scipy.linalg
+
+    factors = scipy.linalg.lu_factor(a)
+    x = scipy.linalg.lu_solve(factors, b).astype(np.longdouble)
+    a_long, b_long = a.astype(np.longdouble), b.astype(np.longdouble)
+    for _ in range(8):
+        x += scipy.linalg.lu_solve(factors, (b_long - a_long @ x).astype(np.float64))
+    return x.astype(np.float64)
+
+
+def worker(sizes: list[int], kappas: list[float], repeats: int, seed: int) -> list[dict]:
+    import numpy as np
+    import scipy.linalg.lapack as lapack
+
+    from refinekit.linalg import solve
+
+    dsgesv = _dsgesv()
+    rows = []
+    for n in sizes:
+        for kappa, a in _matrices(n, kappas, seed):
+            b = (a @ np.random.default_rng(seed + 1).standard_normal(n))[:, None]
+            reference = _reference(a, b[:, 0])
+            runs = {
+                "numpy.linalg.solve": lambda a=a, b=b: (np.linalg.solve(a, b), {}),
+                "dgesv": lambda a=a, b=b: (lapack.dgesv(a, b)[2], {}),
+                "dsgesv": lambda a=a, b=b: _dsgesv_run(dsgesv, a, b),
+                "refinekit": lambda a=a, b=b: _refinekit_run(solve, a, b, False),
+                "refinekit+bounds": lambda a=a, b=b: _refinekit_run(solve, a, b, True),
+            }
+            for run in runs.values():  # warm up (allocations, first-call costs)
+                run()
+            times: dict[str, list[float]] = {name: [] for name in runs}
+            details: dict[str, dict] = {}
+            errors: dict[str, float] = {}
+            for _ in range(repeats):
+                for name, run in runs.items():
+                    tick = time.perf_counter()
+                    x, info = run()
+                    times[name].append(time.perf_counter() - tick)
+                    errors[name] = float(np.max(np.abs(x[:, 0] - reference)) / np.max(np.abs(reference)))
+                    details[name] = info
+            rows.append({"n": n, "kappa": kappa, "times": {k: float(np.median(v)) for k, v in times.items()},
+                         "errors": errors, "details": details})
+            print(f"  n={n} kappa={kappa:.0e} done", file=sys.stderr, flush=True)
+    return rows
+
+
+def _dsgesv_run(dsgesv, a, b):
+    import numpy as np
+
+    x, iterations, info = dsgesv(a, b)
+    return x, {"iter": iterations, "info": info, "finite": bool(np.all(np.isfinite(x)))}
+
+
+def _refinekit_run(solve, a, b, bounds: bool):
+    result = solve(a, b, error_bounds=bounds)
+    info = {"path": result.path, "iterations": result.iterations, "success": result.success}
+    if bounds:
+        info["bound"] = result.forward_error_bound
+    return result.x, info
+
+
+# ------------------------------------------------------------------------------------------ driver
+def run_setting(threads: str, args: argparse.Namespace) -> dict:
+    env = dict(os.environ)
+    env.pop("OPENBLAS_CORETYPE", None)
+    env.pop("OPENBLAS_L2_SIZE", None)
+    count = str(os.cpu_count() or 1) if threads == "all" else threads
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        env[var] = count
+    command = [sys.executable, __file__, "--worker", "--sizes", *map(str, args.sizes), "--kappas",
+               *map(str, args.kappas), "--repeats", str(args.repeats), "--seed", str(args.seed)]
+    print(f"threads={count}: {' '.join(command[1:])}", file=sys.stderr, flush=True)
+    out = subprocess.run(command, env=env, check=True, capture_output=True, text=True)
+    sys.stderr.write(out.stderr)
+    data = json.loads(out.stdout)
+    data["threads"] = count
+    return data
+
+
+def table(setting: dict) -> str:
+    lines = [f"### BLAS threads: {setting['threads']} ({setting['blas']})", "",
+             "| n | kappa | dgesv s | numpy s | dsgesv s (iter) | refinekit s (path, corrections) | "
+             "refinekit+bounds s | refinekit / dgesv | +bounds / dgesv | dsgesv / dgesv | "
+             "fwd err dgesv | fwd err numpy | fwd err dsgesv | fwd err refinekit | bound |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for row in setting["rows"]:
+        t, e, d = row["times"], row["errors"], row["details"]
+        lines.append(
+            f"| {row['n']} | {row['kappa']:.0e} | {t['dgesv']:.4f} | {t['numpy.linalg.solve']:.4f} | "
+            f"{t['dsgesv']:.4f} ({d['dsgesv']['iter']}{'' if d['dsgesv']['finite'] else ', NaN'}) | "
+            f"{t['refinekit']:.4f} ({d['refinekit']['path']}, {d['refinekit']['iterations']}) | "
+            f"{t['refinekit+bounds']:.4f} | **{t['refinekit'] / t['dgesv']:.2f}** | "
+            f"{t['refinekit+bounds'] / t['dgesv']:.2f} | {t['dsgesv'] / t['dgesv']:.2f} | "
+            f"{e['dgesv']:.1e} | {e['numpy.linalg.solve']:.1e} | {e['dsgesv']:.1e} | {e['refinekit']:.1e} | "
+            f"{d['refinekit+bounds']['bound']:.1e} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[500, 2000, 4000])
+    parser.add_argument("--kappas", type=float, nargs="+", default=[1e2, 1e6, 1e8])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", nargs="+", default=["1", "all"])
+    parser.add_argument("--markdown", default=None, help="also write the tables to this file")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        rows = worker(args.sizes, args.kappas, args.repeats, args.seed)
+        json.dump({"blas": _blas_info(), "rows": rows}, sys.stdout)
+        return
+    command = "python benchmarks/linalg_solve.py " + " ".join(sys.argv[1:])
+    tables = [table(run_setting(threads, args)) for threads in args.threads]
+    text = f"Command: `{command}`\n\n" + "\n\n".join(tables) + "\n"
+    print(text)
+    if args.markdown:
+        with open(args.markdown, "w", encoding="utf-8") as fh:
+            fh.write(text)
+
+
+if __name__ == "__main__":
+    main()
