@@ -136,10 +136,11 @@ class Aligner:
         h, w = self.shape
         flags = cv2.INTER_CUBIC | cv2.WARP_INVERSE_MAP
         out = cv2.warpAffine(frame, warp.matrix, (w, h), flags=flags, borderMode=cv2.BORDER_REFLECT101)
-        ones = np.ones((h, w), np.float32)
-        valid = cv2.warpAffine(ones, warp.matrix, (w, h), flags=flags, borderMode=cv2.BORDER_CONSTANT,
-                               borderValue=0)
-        return out, valid >= 0.999
+        ones = np.ones((h, w), np.uint8)
+        valid = cv2.warpAffine(ones, warp.matrix, (w, h), flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP,
+                               borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+        # a pixel is covered if its resampling footprint (4x4 for cubic) lies inside the frame
+        return out, cv2.erode(valid, np.ones((3, 3), np.uint8)) > 0
 
 
 def _to_small(matrix: np.ndarray, sx: float, sy: float) -> np.ndarray:

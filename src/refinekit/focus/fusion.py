@@ -73,10 +73,12 @@ class PyramidFusion:
         self.sharpness = float(sharpness)
         self.smoothing = float(smoothing)
         self.n_frames = 0
-        self._num: list[np.ndarray] = []  # per level: sum of weight * band (weights relative to _max)
+        # per level: per channel, the sum of weight * band (weights relative to _max), kept as
+        # separate planes so that every update is a single-channel, in-place OpenCV operation
+        self._num: list[list[np.ndarray]] = []
         self._den: list[np.ndarray] = []  # per level: sum of weights
         self._max: list[np.ndarray] = []  # per level: largest log-weight so far
-        self._top = np.zeros(0, np.float32)  # sum of the coarsest Gaussian levels (plain average)
+        self._top: list[np.ndarray] = []  # per channel: coverage-weighted sum of the coarsest levels
         self._top_weight = np.zeros(0, np.float32)  # number of frames covering each coarsest pixel
 
     def add(self, frame: np.ndarray, valid: np.ndarray | None = None) -> None:
@@ -85,13 +87,14 @@ class PyramidFusion:
         import cv2
 
         frame = np.asarray(frame, dtype=np.float32)
-        if frame.shape[:2] != self.shape:
-            raise ValueError(f"frame shape {frame.shape[:2]} differs from the fusion's {self.shape}")
-        bands = laplacian_pyramid(frame, self.levels)
-        finest = bands[0]
-        energy = cv2.multiply(finest, finest)
-        if energy.ndim == 3:
-            energy = energy.sum(axis=2, dtype=np.float32)
+        if frame.shape[:2] != self.shape or (1 if frame.ndim == 2 else frame.shape[2]) != self.channels:
+            raise ValueError(f"frame shape {frame.shape} does not fit the fusion's {self.shape} x "
+                             f"{self.channels}")
+        planes = cv2.split(frame) if frame.ndim == 3 else [frame]
+        pyramids = [laplacian_pyramid(plane, self.levels) for plane in planes]
+        energy = np.zeros(self.shape, np.float32)
+        for pyramid in pyramids:
+            cv2.accumulateSquare(pyramid[0], energy)
         coverage = None if valid is None else np.asarray(valid, dtype=np.float32)
         first = self.n_frames == 0
         tiny = np.float32(1e-30)
@@ -105,31 +108,34 @@ class PyramidFusion:
             if coverage is not None:
                 # pixels the frame does not cover (extrapolated by the warp) lose to any covered frame
                 logit = cv2.add(logit, cv2.log(np.maximum(coverage, tiny)) * np.float32(4.0))
-            band = bands[level]
             if first:
                 self._max.append(logit)
                 self._den.append(np.ones_like(logit))
-                self._num.append(band)
+                self._num.append([pyramid[level] for pyramid in pyramids])
                 continue
             # online soft-max: rescale the running sums wherever this frame's weight is the new largest
             new_max = cv2.max(self._max[level], logit)
             old_scale = cv2.exp(cv2.subtract(self._max[level], new_max))
             weight = cv2.exp(cv2.subtract(logit, new_max))
             self._max[level] = new_max
-            self._den[level] = cv2.add(cv2.multiply(self._den[level], old_scale), weight)
-            if band.ndim == 3:
-                old_scale = cv2.merge([old_scale] * band.shape[2])
-                weight = cv2.merge([weight] * band.shape[2])
-            self._num[level] = cv2.add(cv2.multiply(self._num[level], old_scale),
-                                       cv2.multiply(band, weight))
+            den = self._den[level]
+            cv2.multiply(den, old_scale, dst=den)
+            cv2.add(den, weight, dst=den)
+            for num, pyramid in zip(self._num[level], pyramids, strict=True):
+                cv2.multiply(num, old_scale, dst=num)
+                cv2.accumulateProduct(pyramid[level], weight, num)
         # the coarsest level is a plain average over the frames that cover each pixel
         if coverage is None:
-            cover_top = np.ones(bands[-1].shape[:2], np.float32)
+            cover_top = np.ones(pyramids[0][-1].shape, np.float32)
         else:
             cover_top = np.clip(cv2.pyrDown(coverage, borderType=cv2.BORDER_REFLECT101), 0, 1)
-        weighted_top = bands[-1] * (cover_top[..., None] if bands[-1].ndim == 3 else cover_top)
-        self._top = weighted_top if first else cv2.add(self._top, weighted_top)
-        self._top_weight = cover_top if first else cv2.add(self._top_weight, cover_top)
+        if first:
+            self._top = [pyramid[-1] * cover_top for pyramid in pyramids]
+            self._top_weight = cover_top
+        else:
+            for top, pyramid in zip(self._top, pyramids, strict=True):
+                cv2.accumulateProduct(pyramid[-1], cover_top, top)
+            cv2.add(self._top_weight, cover_top, dst=self._top_weight)
         self.n_frames += 1
 
     def result(self) -> np.ndarray:
@@ -138,13 +144,13 @@ class PyramidFusion:
 
         if self.n_frames == 0:
             raise ValueError("no frames were added")
-        bands = []
-        for num, den in zip(self._num, self._den, strict=True):
-            den = cv2.merge([den] * num.shape[2]) if num.ndim == 3 else den
-            bands.append(cv2.divide(num, den))
-        weight = np.maximum(self._top_weight, np.float32(1e-6))
-        bands.append(self._top / (weight[..., None] if self._top.ndim == 3 else weight))
-        return collapse_pyramid(bands)
+        top_weight = np.maximum(self._top_weight, np.float32(1e-6))
+        planes = []
+        for channel in range(self.channels):
+            bands = [cv2.divide(num[channel], den) for num, den in zip(self._num, self._den, strict=True)]
+            bands.append(cv2.divide(self._top[channel], top_weight))
+            planes.append(collapse_pyramid(bands))
+        return cv2.merge(planes) if self.channels > 1 else planes[0]
 
 
 def fuse(frames: np.ndarray | list[np.ndarray], **options: float) -> np.ndarray:

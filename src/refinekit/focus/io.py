@@ -107,7 +107,7 @@ class FrameStack:
         image = self.read(i)
         if image.dtype == np.float32:
             return image
-        return image.astype(np.float32) * np.float32(1.0 / self.scale)
+        return np.multiply(image, np.float32(1.0 / self.scale), dtype=np.float32)  # one pass
 
 
 def _channels(image: np.ndarray) -> int:
