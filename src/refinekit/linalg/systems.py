@@ -393,8 +393,15 @@ class DenseSystem(NumpyVectors):
         return self.a.T @ v
 
     def abs_times(self, v: np.ndarray) -> np.ndarray:
-        """``|A| v`` for non-negative ``v``, in row blocks (no n-by-n temporary)."""
-        return self.abs_times_and_counts(v)[0]
+        """``|A| v`` for non-negative ``v``, in row blocks through one buffer (no n-by-n temporary)."""
+        n = self.n
+        out = np.empty((n, v.shape[1]))
+        step = _block_rows(n, 8)
+        buffer = np.empty((min(step, n), n))
+        for i in range(0, n, step):
+            block = np.abs(self.a[i:i + step], out=buffer[:min(step, n - i)])
+            np.matmul(block, v, out=out[i:i + step])
+        return out
 
     def abs_times_and_counts(self, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``|A| v`` and the number of nonzeros of each row, in one pass over ``A``."""
