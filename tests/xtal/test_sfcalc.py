@@ -38,7 +38,7 @@ def test_fft_gradient_matches_finite_differences(peptide, spacegroup, exact, tol
     if spacegroup == "P 1":     # the same atoms and all their mates, with reflections in P1
         st.setup_cell_images()
         chain = gemmi.Chain("A")
-        for k, image in enumerate([gemmi.FTransform()] + list(st.cell.images)):
+        for k, image in enumerate([gemmi.FTransform(), *list(st.cell.images)]):
             for source in st[0]:
                 for res in source:
                     copy = res.clone()

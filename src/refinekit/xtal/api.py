@@ -39,7 +39,13 @@ from .io import (
 from .model import AtomicModel
 from .problem import XtalRefinementProblem
 from .reflections import ReflectionData
-from .rfactors import _twin_analysis, calc_b_min, free_set_bias_warning, parse_twin_law
+from .rfactors import (
+    _twin_analysis,
+    calc_b_min,
+    free_set_bias_warning,
+    parse_twin_law,
+    twin_free_set_warning,
+)
 from .sfcalc import StructureFactorCalculator
 from .targets import map_coefficients
 from .twin import TwinModel
@@ -75,7 +81,8 @@ class XtalRefinementResult(RefinementResult):
         out = super().to_dict()
         history = out.pop("history")
         out.update({"xray_weight": self.weight, "target": self.target, "weight_choice": self.weight_choice,
-                    "free_set": self.free_set, "data": self.data_info, "twin": self.twin, "atoms": self.counts})
+                    "free_set": self.free_set, "data": self.data_info, "twin": self.twin,
+                    "atoms": self.counts})
         out["history"] = history
         return out
 
@@ -86,7 +93,8 @@ class XtalRefinementResult(RefinementResult):
                  f"atoms       : {self.counts.get('refined_atoms')} refined, "
                  f"{self.counts.get('hydrogens')} riding hydrogens"]
         if self.twin.get("law"):
-            lines.append(f"twin        : {self.twin['law']}, fraction {self.twin.get('fraction', math.nan):.3f}")
+            fraction = self.twin.get("fraction", math.nan)
+            lines.append(f"twin        : {self.twin['law']}, fraction {fraction:.3f}")
         first, kept = self.history[0], self.kept
         lines.append(f"R_work      : {first.figures.get('r_work', math.nan):.4f} -> "
                      f"{kept.figures.get('r_work', math.nan):.4f}")
@@ -185,8 +193,8 @@ class RefinementJob:
             weight = choice.weight
             choice_dict = choice.to_dict()
             problem = self.problems[weight]
-            refiner = Refiner(problem, max_cycles=cycles, stop_on_overfit=stop_on_overfit, callbacks=callbacks,
-                              **options)
+            refiner = Refiner(problem, max_cycles=cycles, stop_on_overfit=stop_on_overfit,
+                              callbacks=callbacks, **options)
             trial = choice.results[weight]
             with tempfile.TemporaryDirectory(prefix="refinekit-xtal-") as tmp:
                 # the chosen trial goes on where it stopped: its cycles are the run's first cycles
@@ -211,10 +219,13 @@ class RefinementJob:
         structure = problem.model.structure.clone()
         alarms = list(result.alarms)
         first = result.history[0]
-        bias = free_set_bias_warning(first.figures.get("r_work", math.nan), first.figures.get("r_free", math.nan),
-                                     int(np.count_nonzero(data.free)))
+        bias = free_set_bias_warning(first.figures.get("r_work", math.nan),
+                                     first.figures.get("r_free", math.nan), int(np.count_nonzero(data.free)))
         if bias:
             alarms.insert(0, Alarm("biased_free_set", 0, bias))
+        twin_warning = twin_free_set_warning(self.twin_info)
+        if twin_warning:
+            alarms.insert(0, Alarm("twin_free_set", None, twin_warning))
         if data.info.get("free_source") == "made":
             alarms.insert(0, Alarm("free_set_made", None, "the data had no free set: one was made here "
                                    f"({data.info.get('free_convention')}) and written to the output MTZ"))

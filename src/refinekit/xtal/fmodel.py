@@ -88,7 +88,8 @@ class Agreement:
 
 def agreement(data: ReflectionData, f_model_abs: np.ndarray) -> Agreement:
     """R = sum |Fo - |Fm|| / sum Fo and CC(Fo, |Fm|), on the working and the free set."""
-    return Agreement(r_factor(data.f_obs, f_model_abs, data.work), r_factor(data.f_obs, f_model_abs, data.free),
+    return Agreement(r_factor(data.f_obs, f_model_abs, data.work),
+                     r_factor(data.f_obs, f_model_abs, data.free),
                      correlation(data.f_obs, f_model_abs, data.work),
                      correlation(data.f_obs, f_model_abs, data.free),
                      int(np.count_nonzero(data.work)), int(np.count_nonzero(data.free)))

@@ -34,6 +34,8 @@ def read_model(path: str | os.PathLike[str]) -> gemmi.Structure:
     """
     path = Path(path)
     _require_file(path)
+    if b"\0" in _head(path):
+        raise InputError("cannot read the model (a binary file, not PDB or mmCIF)", path=path)
     if _looks_like_pdb(path):
         _check_pdb_not_truncated(path)
     try:
@@ -41,22 +43,26 @@ def read_model(path: str | os.PathLike[str]) -> gemmi.Structure:
     except (RuntimeError, ValueError) as exc:
         raise InputError(f"cannot read the model ({_first_line(exc)})", path=path) from None
     if len(st) == 0 or st[0].count_atom_sites() == 0:
-        raise InputError("the model has no atoms", path=path)
+        raise InputError("the model has no atoms (is it a PDB or mmCIF file?)", path=path)
     while len(st) > 1:      # refinement is of the first model; NMR-style ensembles are not refined
         del st[len(st) - 1]
     st.setup_entities()
     return st
 
 
-def _looks_like_pdb(path: Path) -> bool:
-    """PDB unless the text starts as a CIF document does (whatever the file is called)."""
+def _head(path: Path, size: int = 4096) -> bytes:
+    """The first bytes of a file, through gzip where it is compressed."""
     opener = gzip.open if path.name.lower().endswith(".gz") else open
     try:
         with opener(path, "rb") as fh:
-            head = fh.read(4096)
-    except (OSError, EOFError):
-        return False
-    text = head.lstrip()
+            return fh.read(size)
+    except (OSError, EOFError) as exc:
+        raise InputError(f"cannot read the file ({_first_line(exc)})", path=path) from None
+
+
+def _looks_like_pdb(path: Path) -> bool:
+    """PDB unless the text starts as a CIF document does (whatever the file is called)."""
+    text = _head(path).lstrip()
     while text.startswith(b"#"):
         text = text.split(b"\n", 1)[-1].lstrip() if b"\n" in text else b""
     return not text.startswith(b"data_")
@@ -186,8 +192,8 @@ def read_reflections(path: str | os.PathLike[str], *, labels: Sequence[str] | No
         observed &= values >= 0
     rows = np.flatnonzero(observed)
     if rows.size < 10:
-        raise InputError(f"only {rows.size} usable reflections in columns {value_col.label}/{sigma_col.label}",
-                         path=path)
+        raise InputError(f"only {rows.size} usable reflections in columns "
+                         f"{value_col.label}/{sigma_col.label}", path=path)
     hkl = hkl_all[rows]
     free_col = _find_free_column(mtz, free_label, path)
     if free_col is not None:

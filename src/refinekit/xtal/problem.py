@@ -169,8 +169,8 @@ class XtalRefinementProblem(RefinementProblem):
                 break
             x_new = moved
         if np.array_equal(x_new, x):
-            raise StopRefinement(Status.CONVERGED, "converged: no step along the Gauss-Newton direction lowers "
-                                                   "the target")
+            raise StopRefinement(Status.CONVERGED, "converged: no step along the Gauss-Newton direction "
+                                                   "lowers the target")
         return x_new - x
 
     # --------------------------------------------------------------------------- the step
@@ -201,7 +201,8 @@ class XtalRefinementProblem(RefinementProblem):
                                                       self._scale)
         g_xyz, g_b, g_occ = self.calc.gradient(d_fc, ev.arrays, want_occ=model.layout.n_occ > 0)
         restr = model.restraints.evaluate(ev.arrays.xyz, ev.arrays.b_iso, adp_weight=self.adp_weight,
-                                          with_hessian=True, param_of_atom=model.block, n_params=model.n_heavy)
+                                          with_hessian=True, param_of_atom=model.block,
+                                          n_params=model.n_heavy)
         grad = self.weight * model.fold_gradient(g_xyz, g_b, g_occ)
         grad += model.fold_gradient(restr.grad_xyz, restr.grad_b, None)
         fisher = self.weight * self._fisher_diagonal(ev.arrays, curvature_k2)
@@ -222,7 +223,8 @@ class XtalRefinementProblem(RefinementProblem):
             np.bincount(shell, minlength=n_shells), 1)
         # f(s) exp(-B s^2/4) for every atom and shell: Gaussians of the IT92 fit
         b = arrays.b_iso[:, None, None]
-        gauss = arrays.gauss_a[:, None, :] * np.exp(-(arrays.gauss_b[:, None, :] + b) * centre[None, :, None] / 4)
+        gauss = arrays.gauss_a[:, None, :] * np.exp(-(arrays.gauss_b[:, None, :] + b)
+                                                    * centre[None, :, None] / 4)
         f2 = (arrays.occ[:, None] * gauss.sum(axis=2)) ** 2                    # (atoms, shells)
         base = 0.5 * self.n_ops * f2 * w_sum[None, :]
         xyz_diag = (4 * math.pi**2 / 3) * base @ centre                        # per Cartesian component

@@ -67,7 +67,8 @@ class GeometryRestraints:
         self.n_atoms = n_atoms
         empty2 = np.zeros((0, 2), dtype=np.int64)
         self.bond_idx, self.bond_ideal, self.bond_sigma = empty2, np.zeros(0), np.zeros(0)
-        self.angle_idx, self.angle_ideal, self.angle_sigma = np.zeros((0, 3), np.int64), np.zeros(0), np.zeros(0)
+        self.angle_idx = np.zeros((0, 3), np.int64)
+        self.angle_ideal, self.angle_sigma = np.zeros(0), np.zeros(0)
         self.tors_idx = np.zeros((0, 4), np.int64)
         self.tors_ideal, self.tors_sigma, self.tors_period = np.zeros(0), np.zeros(0), np.zeros(0)
         self.chir_idx, self.chir_ideal = np.zeros((0, 4), np.int64), np.zeros(0)

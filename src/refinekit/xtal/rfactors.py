@@ -16,7 +16,7 @@ from .fmodel import agreement, fit_scale
 from .io import check_model_matches_data, read_model, read_reflections
 from .reflections import ReflectionData
 from .sfcalc import StructureFactorCalculator
-from .twin import TwinModel, candidate_twin_laws, h_test_fraction
+from .twin import TwinModel, candidate_twin_laws, free_mates_in_work, h_test_fraction
 
 #: a free set smaller than this says little about bias
 MIN_FREE_FOR_BIAS_TEST = 200
@@ -43,7 +43,8 @@ class RFactorReport:
     warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"r_work": self.r_work, "r_free": self.r_free, "cc_work": self.cc_work, "cc_free": self.cc_free,
+        return {"r_work": self.r_work, "r_free": self.r_free, "cc_work": self.cc_work,
+                "cc_free": self.cc_free,
                 "n_work": self.n_work, "n_free": self.n_free, "d_min": self.d_min, "d_max": self.d_max,
                 "scale": self.scale, "free_set": self.free_set, "data": self.data, "twin": self.twin,
                 "warnings": self.warnings}
@@ -60,9 +61,11 @@ class RFactorReport:
                  f"bulk solvent: k_sol {self.scale['k_sol']:.3f}, B_sol {self.scale['b_sol']:.1f}"]
         if self.twin.get("law"):
             lines.append(f"twin        : {self.twin['law']}, fraction {self.twin['fraction']:.3f} "
-                         f"(untwinned R {self.twin['untwinned_r_work']:.4f}/{self.twin['untwinned_r_free']:.4f})")
+                         f"(untwinned R {self.twin['untwinned_r_work']:.4f}/"
+                         f"{self.twin['untwinned_r_free']:.4f})")
         elif self.twin.get("candidates"):
-            laws = ", ".join(f"{c['law']} (H-test {c['h_test_fraction']:.2f})" for c in self.twin["candidates"])
+            laws = ", ".join(f"{c['law']} (H-test {c['h_test_fraction']:.2f})"
+                             for c in self.twin["candidates"])
             lines.append(f"twin laws   : possible {laws}; not used")
         for warning in self.warnings:
             lines.append(f"WARNING     : {warning}")
@@ -77,6 +80,16 @@ def free_set_bias_warning(r_work: float, r_free: float, n_free: int) -> str | No
     if r_work < 0.25 and r_free - r_work < max(0.005, 0.05 * r_work):
         return (f"R_free ({r_free:.4f}) is about R_work ({r_work:.4f}) for a refined-looking model: the free "
                 f"set was probably used in earlier refinement, so R_free is not an independent check")
+    return None
+
+
+def twin_free_set_warning(twin_info: dict[str, Any]) -> str | None:
+    """A sentence when a twin law is used and many free reflections have working twin mates."""
+    share = twin_info.get("free_mates_in_work") if twin_info.get("law") else None
+    if share is not None and share > 0.1:
+        return (f"{100 * share:.0f} % of the free reflections have their twin mate ({twin_info['law']}) in "
+                f"the working set: with a twin the free set should be chosen in twin-related pairs, so "
+                f"R_free is biased low")
     return None
 
 
@@ -122,17 +135,21 @@ def r_factors_of(st: gemmi.Structure, data: ReflectionData, *, twin: str = "auto
             "free_value": data.info.get("free_value"), "source": data.info.get("free_source"),
             "n_free": agree.n_free, "fraction": agree.n_free / max(agree.n_free + agree.n_work, 1)}
     warnings = []
+    twin_warning = twin_free_set_warning(twin_info)
+    if twin_warning:
+        warnings.append(twin_warning)
     bias = free_set_bias_warning(agree.r_work, agree.r_free, agree.n_free)
     if bias:
         warnings.append(bias)
     if agree.n_free < MIN_FREE_FOR_BIAS_TEST:
-        warnings.append(f"only {agree.n_free} free reflections: R_free is noisy (about ±{agree.r_free / math.sqrt(2 * max(agree.n_free, 1)):.3f})")
+        noise = agree.r_free / math.sqrt(2 * max(agree.n_free, 1))
+        warnings.append(f"only {agree.n_free} free reflections: R_free is noisy (about ±{noise:.3f})")
     if data.info.get("free_source") == "made":
         warnings.append("the data had no free set: one was made here (R_free of a model refined against all "
                         "reflections is not a free R)")
     return RFactorReport(agree.r_work, agree.r_free, agree.cc_work, agree.cc_free, agree.n_work, agree.n_free,
                          data.d_min, data.d_max, scale.to_dict(), free,
-                         {k: v for k, v in data.info.items() if k not in ("made_flags",)}, twin_info, warnings)
+                         {k: v for k, v in data.info.items() if k != "made_flags"}, twin_info, warnings)
 
 
 def _twin_analysis(st: gemmi.Structure, data: ReflectionData, calc: StructureFactorCalculator,
@@ -144,8 +161,9 @@ def _twin_analysis(st: gemmi.Structure, data: ReflectionData, calc: StructureFac
     for law in laws:
         h_frac, n_pairs = h_test_fraction(data, law)
         model = TwinModel.for_data(data, law)
-        both = StructureFactorCalculator(data.cell, data.spacegroup, np.concatenate([data.hkl, model.mate_hkl]),
-                                         data.d_min, b_min=calc_b_min(st), rate=calc.rate)
+        both = StructureFactorCalculator(data.cell, data.spacegroup,
+                                         np.concatenate([data.hkl, model.mate_hkl]), data.d_min,
+                                         b_min=calc_b_min(st), rate=calc.rate)
         fc_all = both.atomic(st[0])
         fmask_all = both.solvent(st[0], masker)
         scale = model.fit(data, fc_all[:n], fmask_all[:n], fc_all[n:], fmask_all[n:])
@@ -153,7 +171,8 @@ def _twin_analysis(st: gemmi.Structure, data: ReflectionData, calc: StructureFac
         f_mate = model.mate_scale(scale) * (fc_all[n:] + model.mate_k_mask(scale) * fmask_all[n:])
         agree = agreement(data, model.amplitudes(f_own, f_mate))
         entry = {"law": model.describe(), "h_test_fraction": h_frac, "h_test_pairs": n_pairs,
-                 "model_fraction": model.fraction, "r_work": agree.r_work, "r_free": agree.r_free}
+                 "model_fraction": model.fraction, "r_work": agree.r_work, "r_free": agree.r_free,
+                 "free_mates_in_work": free_mates_in_work(data, law)}
         info["candidates"].append(entry)
         if best is None or agree.r_work < best[1].r_work:
             best = (model, agree, scale)
@@ -162,7 +181,8 @@ def _twin_analysis(st: gemmi.Structure, data: ReflectionData, calc: StructureFac
         forced = twin != "auto"
         if forced or (plain.r_work - agree.r_work > TWIN_R_GAIN and model.fraction > 0.05):
             info.update(law=model.describe(), fraction=model.fraction, untwinned_r_work=plain.r_work,
-                        untwinned_r_free=plain.r_free, _agreement=agree, _scale=scale)
+                        untwinned_r_free=plain.r_free, _agreement=agree, _scale=scale,
+                        free_mates_in_work=free_mates_in_work(data, model.law))
     return info
 
 

@@ -7,8 +7,9 @@ divides each squared difference by its resolution shell's mean square difference
 
 ML (Read 1986; Pannu & Read 1996; Murshudov et al. 1997): with ``Fc = |Fmodel|``, per resolution bin a
 scale ``D`` and an error variance ``S``, and the measurement error folded in,
-acentric ``p(Fo) = 2 Fo / V exp(-(Fo^2 + D^2 Fc^2) / V) I0(2 Fo D Fc / V)``, ``V = eps S + 2 sigma^2``;
-centric ``p(Fo) = sqrt(2 / (pi V)) exp(-(Fo^2 + D^2 Fc^2) / (2 V)) cosh(Fo D Fc / V)``, ``V = eps S + sigma^2``.
+acentric ``p(Fo) = 2 Fo / V exp(-(Fo^2 + D^2 Fc^2) / V) I0(2 Fo D Fc / V)`` with
+``V = eps S + 2 sigma^2``; centric
+``p(Fo) = sqrt(2 / (pi V)) exp(-(Fo^2 + D^2 Fc^2) / (2 V)) cosh(Fo D Fc / V)`` with ``V = eps S + sigma^2``.
 """
 
 from __future__ import annotations

@@ -41,11 +41,27 @@ def h_test_fraction(data: ReflectionData, law: gemmi.Op) -> tuple[float, int]:
         return float("nan"), 0
     i1 = data.f_obs[use] ** 2
     i2 = data.f_obs[partner[use]] ** 2
-    strong = (i1 > 2 * data.sigma[use] * data.f_obs[use]) & (i2 > 2 * data.sigma[partner[use]] * data.f_obs[partner[use]])
+    sig1 = 2 * data.sigma[use] * data.f_obs[use]                  # sigma(I) = 2 F sigma(F)
+    sig2 = 2 * data.sigma[partner[use]] * data.f_obs[partner[use]]
+    strong = (i1 > sig1) & (i2 > sig2)
     h = np.abs(i1 - i2)[strong] / (i1 + i2)[strong]
     if h.size == 0:
         return float("nan"), 0
     return float(np.clip(0.5 - h.mean(), 0.0, 0.5)), int(h.size)
+
+
+def free_mates_in_work(data: ReflectionData, law: gemmi.Op) -> float:
+    """Fraction of the free reflections whose twin mate is a working reflection. In a twin, a free
+    reflection's intensity is partly its mate's: where the mate is refined against, R_free is not free
+    (free sets for twins are chosen in twin-related groups)."""
+    mates = twin_mates(data, law)
+    index = {tuple(h): k for k, h in enumerate(data.hkl.tolist())}
+    free = np.flatnonzero(data.free)
+    partner = np.array([index.get(tuple(mates[k]), -1) for k in free])
+    own = partner == free
+    in_work = (partner >= 0) & ~own & data.work[np.maximum(partner, 0)]
+    counted = ~own
+    return float(in_work.sum() / max(counted.sum(), 1))
 
 
 @dataclass
@@ -86,7 +102,8 @@ class TwinModel:
         def residual(p: np.ndarray) -> np.ndarray:
             return (amplitudes(p)[work] - fo) / data.sigma[work]
 
-        start = [base.k_overall, self.fraction, base.k_sol if solvent else 0.0, base.b_sol if solvent else 0.0]
+        start = [base.k_overall, self.fraction, base.k_sol if solvent else 0.0,
+                 base.b_sol if solvent else 0.0]
         lower = [1e-6, 0.0, 0.0, 0.0] if solvent else [1e-6, 0.0, -1e-9, -1e-9]
         upper = [np.inf, 0.5, 1.0, 200.0] if solvent else [np.inf, 0.5, 1e-9, 1e-9]
         res = optimize.least_squares(residual, np.clip(start, lower, upper), bounds=(lower, upper),
