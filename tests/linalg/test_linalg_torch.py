@@ -1,7 +1,12 @@
 """The ``device="cuda"`` code, run on torch's CPU backend (``device="torch-cpu"``) so that CI covers it:
-every precision, stacks, tensors in and out, GMRES-IR on torch tensors, and honest bounds."""
+every precision, stacks, tensors in and out, GMRES-IR on torch tensors, and honest bounds.
+
+``REFINEKIT_TORCH_DEVICE=cuda`` runs the same tests on a GPU (benchmarks/linalg_gpu.py does).
+"""
 
 from __future__ import annotations
+
+import os
 
 import numpy as np
 import pytest
@@ -10,6 +15,8 @@ from linalg_helpers import U, forward_errors, load_real, reference_solution, rig
 from refinekit.linalg import solve
 
 torch = pytest.importorskip("torch")
+DEVICE = os.environ.get("REFINEKIT_TORCH_DEVICE", "torch-cpu")
+TENSOR_DEVICE = "cpu" if DEVICE == "torch-cpu" else DEVICE
 
 
 @pytest.mark.parametrize("precision", ["single", "half", "bfloat16", "tf32", "double"])
@@ -18,8 +25,8 @@ def test_every_precision_on_a_real_matrix(precision):
     b = right_hand_side(a)
     reference = reference_solution(a, b)
     numpy_error, _ = forward_errors(np.linalg.solve(a, b), reference)
-    result = solve(a, b, device="torch-cpu", precision=precision)
-    assert isinstance(result.x, np.ndarray) and result.device == "cpu"
+    result = solve(a, b, device=DEVICE, precision=precision)
+    assert isinstance(result.x, np.ndarray) and result.device.startswith(TENSOR_DEVICE)
     normwise, componentwise = forward_errors(result.x, reference)
     assert result.success, result.message
     assert normwise <= result.forward_error_bound and componentwise <= result.componentwise_error_bound
@@ -31,12 +38,13 @@ def test_every_precision_on_a_real_matrix(precision):
 
 def test_tensors_in_tensors_out_and_stacks():
     rng = np.random.default_rng(4)
-    a = torch.as_tensor(rng.standard_normal((3, 40, 40)) + 10 * np.eye(40))
-    b = torch.as_tensor(rng.standard_normal((3, 40, 2)))
+    a = torch.as_tensor(rng.standard_normal((3, 40, 40)) + 10 * np.eye(40), device=TENSOR_DEVICE)
+    b = torch.as_tensor(rng.standard_normal((3, 40, 2)), device=TENSOR_DEVICE)
     result = solve(a, b, precision="half")
     assert isinstance(result.x, torch.Tensor) and result.x.shape == (3, 40, 2)
-    expected = np.linalg.solve(a.numpy(), b.numpy())
-    np.testing.assert_allclose(result.x.numpy(), expected, rtol=1e-12, atol=1e-13)
+    assert result.x.device == a.device
+    expected = np.linalg.solve(a.cpu().numpy(), b.cpu().numpy())
+    np.testing.assert_allclose(result.x.cpu().numpy(), expected, rtol=1e-12, atol=1e-13)
     assert result.success and result.forward_error_bounds.shape == (3, 2)
     vector = solve(a, b[0, :, 0])
     assert vector.x.shape == (3, 40) and vector.forward_error_bounds.shape == (3,)
@@ -46,7 +54,7 @@ def test_gmres_ir_runs_on_tensors():
     a = load_real("rajat19")
     b = right_hand_side(a)
     reference = reference_solution(a, b)
-    result = solve(a, b, device="torch-cpu", method="gmres-ir")
+    result = solve(a, b, device=DEVICE, method="gmres-ir")
     assert result.success and result.path == "gmres-ir", result.attempts
     assert result.attempts[0].inner_iterations > 0
     normwise, _ = forward_errors(result.x, reference)
@@ -56,7 +64,7 @@ def test_gmres_ir_runs_on_tensors():
 def test_hard_stack_falls_back_to_double_without_gmres():
     a = np.stack([with_condition(60, 1e11, seed=s) for s in range(2)])
     b = np.stack([right_hand_side(m) for m in a])[..., None]
-    result = solve(a, b, device="torch-cpu")
+    result = solve(a, b, device=DEVICE)
     assert [attempt.path for attempt in result.attempts] == ["ir", "double"]
     for i in range(2):
         normwise, _ = forward_errors(result.x[i, :, 0], reference_solution(a[i], b[i, :, 0]))
@@ -67,10 +75,10 @@ def test_blocked_lu_matches_the_matrix():
     from refinekit.linalg.torch_backend import blocked_lu
 
     rng = np.random.default_rng(5)
-    a = torch.as_tensor(rng.standard_normal((70, 70)), dtype=torch.float32)
-    for precision, tolerance in (("single", 1e-5), ("bfloat16", 5e-2), ("half", 1e-2)):
+    a = torch.as_tensor(rng.standard_normal((70, 70)), dtype=torch.float32, device=TENSOR_DEVICE)
+    for precision, tolerance in (("single", 1e-5), ("tf32", 1e-2), ("bfloat16", 5e-2), ("half", 1e-2)):
         lu, perm = blocked_lu(a.clone(), precision, block=16)
-        lower = torch.tril(lu, -1) + torch.eye(70)
+        lower = torch.tril(lu, -1) + torch.eye(70, device=TENSOR_DEVICE)
         error = (lower @ torch.triu(lu) - a[perm]).abs().max() / a.abs().max()
         assert float(error) < tolerance, (precision, float(error))
 
@@ -79,9 +87,9 @@ def test_bad_torch_input():
     from refinekit.core import InputError
 
     with pytest.raises(InputError, match="NaN or Inf"):
-        solve(torch.tensor([[1.0, float("nan")], [0.0, 1.0]]), torch.ones(2))
+        solve(torch.tensor([[1.0, float("nan")], [0.0, 1.0]], device=TENSOR_DEVICE), torch.ones(2))
     with pytest.raises(InputError, match="square"):
-        solve(torch.ones(2, 3), torch.ones(2))
+        solve(torch.ones(2, 3, device=TENSOR_DEVICE), torch.ones(2))
     if not torch.cuda.is_available():
         with pytest.raises(InputError, match="no CUDA device"):
             solve(np.eye(2), np.ones(2), device="cuda")
