@@ -19,7 +19,7 @@ from ..core import InputError
 from .align import Aligner, FrameWarp, Motion
 from .depth import DepthEstimate, estimate_depth, focus_map
 from .fusion import PyramidFusion
-from .io import FrameStack, read_stack, to_dtype
+from .io import Stack, as_stack, to_dtype
 from .measures import to_grey
 from .order import focus_order, focus_signature
 
@@ -103,13 +103,13 @@ def visit_order(n: int, reference: int) -> list[tuple[int, int | None]]:
     return out
 
 
-def sort_frames(stack: FrameStack) -> list[int]:
+def sort_frames(stack: Stack) -> list[int]:
     """Indices of ``stack``'s frames in focus order (reads every frame once, at low resolution)."""
     return focus_order([focus_signature(stack.read_float(i)) for i in range(len(stack))])
 
 
 def fuse_stack(
-    frames: FrameStack | Sequence[str | os.PathLike[str]],
+    frames: Stack | np.ndarray | Sequence[str | os.PathLike[str]],
     *,
     align: bool = True,
     motion: Motion = "affine",
@@ -124,12 +124,14 @@ def fuse_stack(
 ) -> FocusResult:
     """All-in-focus image (and, with ``depth=True``, a depth map) of a focal stack.
 
-    ``frames``: a :class:`FrameStack` or anything :func:`read_stack` takes. ``sort``: put frames in
-    focus order first (for stacks in acquisition order). ``align``: register every frame onto the
-    middle one (``motion``: affine, similarity, rigid or translation). ``zstep``: µm between frames, for the
-    depth in µm. ``weight``: a fixed smoothness weight for the depth map (default: chosen by
-    free-slice cross-validation). ``depth_max_side``: the depth map is estimated on a grid at most
-    this many pixels across and scaled up. ``sharpness``, ``smoothing``: see :class:`PyramidFusion`.
+    ``frames``: a :class:`~refinekit.focus.io.FrameStack`, anything
+    :func:`~refinekit.focus.io.read_stack` takes, or an array of frames ``(n, H, W[, 3])``.
+    ``sort``: put frames in focus order first (for stacks in acquisition order). ``align``: register
+    every frame onto the middle one (``motion``: affine, similarity, rigid or translation).
+    ``zstep``: µm between frames, for the depth in µm. ``weight``: a fixed smoothness weight for the
+    depth map (default: chosen by free-slice cross-validation). ``depth_max_side``: the depth map is
+    estimated on a grid at most this many pixels across and scaled up. ``sharpness``,
+    ``smoothing``: see :class:`~refinekit.focus.fusion.PyramidFusion`.
 
     >>> import numpy as np, tempfile, pathlib, cv2
     >>> from refinekit.focus.render import render_stack, smooth_surface
@@ -144,7 +146,7 @@ def fuse_stack(
     ((96, 96), (96, 96), 'uint8')
     """
     started = time.perf_counter()
-    stack = frames if isinstance(frames, FrameStack) else read_stack(frames)
+    stack = as_stack(frames)
     if zstep is not None and not (np.isfinite(zstep) and zstep > 0):
         raise InputError(f"the z-step must be a positive number of µm, got {zstep}")
     if depth and len(stack) < 3:

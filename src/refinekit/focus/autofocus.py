@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from ..core import InputError, RefinementProblem, RefinementResult, Scores, Status, StopRefinement, refine
-from .io import FrameStack, read_stack
+from .io import Stack, as_stack
 from .measures import METRICS, Metric, sharpness
 
 Acquire = Callable[[float], np.ndarray]
@@ -221,14 +221,15 @@ def autofocus(acquire: Acquire, z_range: tuple[float, float], *, fine_step: floa
     return AutofocusResult(z, best, list(problem.acquired), metric, result, message)
 
 
-def autofocus_stack(frames: FrameStack | Sequence[str | os.PathLike[str]], *, metric: Metric = "laplacian",
+def autofocus_stack(frames: Stack | np.ndarray | Sequence[str | os.PathLike[str]], *,
+                    metric: Metric = "laplacian",
                     coarse_step: int | None = None, max_side: int = 1024,
                     callbacks: Sequence[Any] = ()) -> AutofocusResult:
     """The autofocus search over a stack on disk (positions are frame indices, in the order given);
     only visited frames are read, at most ``max_side`` pixels across."""
     import cv2
 
-    stack = frames if isinstance(frames, FrameStack) else read_stack(frames)
+    stack = as_stack(frames)
     n = len(stack)
 
     def acquire(z: float) -> np.ndarray:

@@ -110,6 +110,70 @@ class FrameStack:
         return np.multiply(image, np.float32(1.0 / self.scale), dtype=np.float32)  # one pass
 
 
+class ArrayStack:
+    """Frames already in memory (``(n, H, W)`` or ``(n, H, W, 3)``), read like a :class:`FrameStack`.
+
+    Integer arrays are scaled by their type's range; float arrays are taken to be in [0, 1].
+
+    >>> stack = ArrayStack(np.zeros((3, 4, 5, 3), np.uint8))
+    >>> len(stack), stack.shape, stack.channels, stack.bits
+    (3, (4, 5), 3, 8)
+    """
+
+    def __init__(self, frames: np.ndarray, names: Sequence[str] | None = None) -> None:
+        frames = np.asarray(frames)
+        if frames.ndim not in (3, 4) or (frames.ndim == 4 and frames.shape[3] not in (1, 3)):
+            raise InputError(f"frames must be shaped (n, H, W) or (n, H, W, 3), got {frames.shape}")
+        if frames.shape[0] < 2:
+            raise InputError(f"a focal stack needs at least 2 frames, got {frames.shape[0]}")
+        if frames.ndim == 4 and frames.shape[3] == 1:
+            frames = frames[..., 0]
+        if frames.dtype not in _SUPPORTED_DTYPES:
+            frames = frames.astype(np.float32)
+        self.frames = frames
+        self.shape = (int(frames.shape[1]), int(frames.shape[2]))
+        self.channels = 1 if frames.ndim == 3 else 3
+        self.dtype = frames.dtype
+        self.names = list(names) if names is not None else [f"frame[{k}]" for k in range(len(frames))]
+        if len(self.names) != len(frames):
+            raise InputError(f"{len(self.names)} names for {len(frames)} frames")
+
+    def __len__(self) -> int:
+        return int(self.frames.shape[0])
+
+    @property
+    def bits(self) -> int:
+        return {np.dtype(np.uint8): 8, np.dtype(np.uint16): 16}.get(self.dtype, 32)
+
+    @property
+    def scale(self) -> float:
+        return {8: 255.0, 16: 65535.0}.get(self.bits, 1.0)
+
+    def read(self, i: int) -> np.ndarray:
+        return self.frames[i]
+
+    def read_float(self, i: int) -> np.ndarray:
+        frame = self.frames[i]
+        if frame.dtype == np.float32:
+            return frame
+        return np.multiply(frame, np.float32(1.0 / self.scale), dtype=np.float32)
+
+    def reordered(self, order: Sequence[int]) -> ArrayStack:
+        return ArrayStack(self.frames[list(order)], [self.names[i] for i in order])
+
+
+Stack = FrameStack | ArrayStack
+
+
+def as_stack(frames: Stack | np.ndarray | Sequence[str | os.PathLike[str]]) -> Stack:
+    """A stack from a :class:`FrameStack`/:class:`ArrayStack`, an array of frames, or paths."""
+    if isinstance(frames, FrameStack | ArrayStack):
+        return frames
+    if isinstance(frames, np.ndarray):
+        return ArrayStack(frames)
+    return read_stack(frames)
+
+
 def _channels(image: np.ndarray) -> int:
     return 1 if image.ndim == 2 else image.shape[2]
 

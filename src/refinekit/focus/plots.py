@@ -19,10 +19,12 @@ def _pyplot() -> Any:
 
 
 def height_map_figure(depth: np.ndarray, image: np.ndarray | None = None, *, zstep: float | None = None,
-                      cells: int = 120, title: str = "height map") -> Any:
+                      cells: int = 120, title: str = "height map", last_frame_nearest: bool = False) -> Any:
     """A 3D surface of ``depth`` (frame units, or µm with ``zstep``) coloured by ``image``.
 
-    Height is measured up from the deepest point: near surfaces (small depth) are drawn high.
+    Height is measured up from the deepest point. By default the first frame is taken to be focused
+    nearest the lens (focus moving into the specimen), so small depths are drawn high;
+    ``last_frame_nearest`` turns that round.
     """
     import cv2
 
@@ -31,7 +33,8 @@ def height_map_figure(depth: np.ndarray, image: np.ndarray | None = None, *, zst
     scale = min(1.0, cells / max(h, w))
     size = (max(2, round(w * scale)), max(2, round(h * scale)))
     small = cv2.resize(depth.astype(np.float32), size, interpolation=cv2.INTER_AREA)
-    height = (float(small.max()) - small) * (zstep or 1.0)
+    height = small - float(small.min()) if last_frame_nearest else float(small.max()) - small
+    height = height * (zstep or 1.0)
     y, x = np.mgrid[0:size[1], 0:size[0]]
     fig = plt.figure(figsize=(7.5, 5.5))
     ax = fig.add_subplot(projection="3d")
