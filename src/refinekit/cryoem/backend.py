@@ -44,6 +44,23 @@ class NumpyBackend:
         index = np.argmax(x, axis=axis)
         return index, np.take_along_axis(x, np.expand_dims(index, axis), axis).squeeze(axis)
 
+    def max(self, x: np.ndarray, axis: int) -> np.ndarray:
+        return x.max(axis=axis)
+
+    def take_last(self, x: np.ndarray, index: np.ndarray) -> np.ndarray:
+        """``x[..., index]`` per leading row: ``x`` (b, t, j), ``index`` (b, m) -> (b, t, m)."""
+        return np.take_along_axis(x, index[:, None, :], axis=2)
+
+    def topk(self, x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Indices and values of the ``k`` largest entries of each row, best first."""
+        if k >= x.shape[1]:
+            index = np.argsort(-x, axis=1)
+        else:
+            part = np.argpartition(-x, k - 1, axis=1)[:, :k]
+            order = np.argsort(-np.take_along_axis(x, part, axis=1), axis=1)
+            index = np.take_along_axis(part, order, axis=1)
+        return index, np.take_along_axis(x, index, axis=1)
+
     def fft2(self, x: np.ndarray) -> np.ndarray:
         return np.fft.fft2(x).astype(np.complex64, copy=False)
 
@@ -129,6 +146,16 @@ class TorchBackend:
 
     def argmax_max(self, x: Any, axis: int) -> tuple[Any, Any]:
         values, index = self.torch.max(x, dim=axis)
+        return index, values
+
+    def max(self, x: Any, axis: int) -> Any:
+        return self.torch.amax(x, dim=axis)
+
+    def take_last(self, x: Any, index: Any) -> Any:
+        return self.torch.gather(x, 2, index[:, None, :].expand(x.shape[0], x.shape[1], index.shape[1]))
+
+    def topk(self, x: Any, k: int) -> tuple[Any, Any]:
+        values, index = self.torch.topk(x, min(k, x.shape[1]), dim=1, largest=True, sorted=True)
         return index, values
 
     def fft2(self, x: Any) -> Any:

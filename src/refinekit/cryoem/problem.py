@@ -67,12 +67,14 @@ class RefineOptions:
     diameter: float | None = None
     global_order: int = 2
     global_iterations: int = 2
+    global_candidates: int | None = None
     max_shift: float | None = None
     final_angle_step: float | None = None
     resolution_tolerance: float = 0.5
     angle_tolerance: float = 1.0
     shift_tolerance: float = 0.3
     min_local_iterations: int = 2
+    ambiguity_z: float = 4.0
     pad: int = 2
     seed: int = 0
     whiten: bool = True
@@ -173,7 +175,7 @@ class ProjectionMatching(RefinementProblem):
             fsc=None,
             crossing=crossing,
             resolution=shell_to_resolution(crossing, self.box, self.pixel_size),
-            noise_power=np.ones((2, self.n_shells)),
+            noise_power=np.stack([self._particle_power(index) for index in self.halves]),
             figures={
                 "resolution_a": shell_to_resolution(crossing, self.box, self.pixel_size),
                 "fsc_crossing_shell": crossing,
@@ -265,12 +267,18 @@ class ProjectionMatching(RefinementProblem):
         origins = np.empty((n, 2))
         scores = np.empty(n)
         weights = 1.0 / state.noise_power if opts.whiten else np.ones_like(state.noise_power)
+        z_values: list[np.ndarray] = []
+        candidates_used: list[int] = []
         for h, index in enumerate(self.halves):
             volume = FourierVolume(self.reference_for(state, h, crossing), opts.pad, be)
             w = weights[h] / np.mean(weights[h])
             if is_global:
                 period_px = self.box / max(r_max, 1.0)
                 shift_step = max(1.0, float(np.floor(period_px / 4)))
+                steps, shifts = self._local_schedule(
+                    healpix_step(opts.global_order) / 2, final_step, shift_step / 2
+                )
+                m = opts.global_candidates or 8
                 poses = global_search(
                     volume,
                     self.data,
@@ -279,10 +287,35 @@ class ProjectionMatching(RefinementProblem):
                     shift_grid(self.max_shift, shift_step),
                     r_max,
                     w,
+                    candidates=m,
                 )
-                steps, shifts = self._local_schedule(
-                    healpix_step(opts.global_order) / 2, final_step, shift_step / 2
+                # scores in units of the noise's standard deviation (w = c / sigma^2: std = sqrt(c / 2))
+                z = poses.scores.reshape(index.size, m)[:, 0] * np.sqrt(2 * np.mean(weights[h]))
+                z_values.append(z)
+                null_max = float(
+                    np.sqrt(2 * np.log(len(self.grid) * len(shift_grid(self.max_shift, shift_step))))
                 )
+                ambiguous = float(np.median(z)) < null_max + opts.ambiguity_z
+                if opts.global_candidates is None and not ambiguous:
+                    m = 1
+                    poses = poses.subset(np.arange(index.size) * 8)
+                if m > 1:
+                    # every candidate through the coarse levels; the best of each particle goes on
+                    coarse = max(1, len(steps) - 2)
+                    trial = local_search(
+                        volume,
+                        self.data,
+                        np.repeat(index, m),
+                        poses,
+                        steps[:coarse],
+                        shifts[:coarse],
+                        r_max,
+                        w,
+                    )
+                    best = trial.scores.reshape(index.size, m).argmax(axis=1) + np.arange(index.size) * m
+                    poses = trial.subset(best)
+                    steps, shifts = steps[coarse:], shifts[coarse:]
+                candidates_used.append(m)
             else:
                 previous = state.poses.subset(index)
                 change = state.figures.get("median_angle_change_deg", 4.0)
@@ -323,6 +356,8 @@ class ProjectionMatching(RefinementProblem):
             "resolution_masked_a": report.resolution("masked"),
             "resolution_corrected_a": report.resolution("corrected"),
             "global_search": float(is_global),
+            "global_candidates": float(max(candidates_used)) if candidates_used else 0.0,
+            "median_best_z": float(np.median(np.concatenate(z_values))) if z_values else float("nan"),
             "finest_angle_step_deg": final_step,
             "mean_score": float(np.mean(scores / norm_of(self.data, r_max, weights, self.halves))),
             "search_seconds": search_time,
@@ -347,7 +382,7 @@ class ProjectionMatching(RefinementProblem):
             f"iteration {it}: {'global' if is_global else 'local'} search, resolution {resolution:.2f} A "
             f"(masked {figures['resolution_masked_a']:.2f}, "
             f"corrected {figures['resolution_corrected_a']:.2f}), "
-            f"median change {figures['median_angle_change_deg']:.2f} deg, "
+            f"median change {figures['median_angle_change_deg']:.2f} deg, z {figures['median_best_z']:.1f}, "
             f"{figures['iteration_seconds']:.1f} s"
         )
         return RefinementState(
@@ -363,6 +398,22 @@ class ProjectionMatching(RefinementProblem):
             figures=figures,
             best_crossing_before=best_before,
         )
+
+    def _particle_power(self, index: np.ndarray) -> np.ndarray:
+        """Mean power per shell of the masked particles ``index``: the first noise estimate (at low SNR
+        the images are mostly noise; where they are not, the estimate errs on the safe side)."""
+        be = self.backend
+        shells = self.data.points.shell
+        total = np.zeros(self.n_shells)
+        for start in range(0, index.size, 512):
+            x = self.data.masked[be.asarray(index[start : start + 512], "int64")]
+            per_point = be.to_numpy((x.real * x.real + x.imag * x.imag).sum(0)).astype(np.float64)
+            total += np.bincount(shells, weights=per_point, minlength=self.n_shells)
+        count = np.bincount(shells, minlength=self.n_shells).astype(float) * index.size
+        power = total / np.maximum(count, 1)
+        valid = count > 0
+        power[~valid] = np.interp(np.flatnonzero(~valid), np.flatnonzero(valid), power[valid])
+        return np.maximum(power, 1e-12 * max(power.max(), 1e-30))
 
     def _noise_power(
         self, half_map: np.ndarray, index: np.ndarray, rotations: np.ndarray, origins: np.ndarray

@@ -143,10 +143,12 @@ def global_search(
     origins: np.ndarray,
     r_max: float,
     weights: np.ndarray,
+    candidates: int = 1,
     max_elements: int = 1 << 23,
 ) -> Poses:
-    """The best of ``grid`` rotations x ``origins`` for each particle ``index``, on frequencies up to
-    ``r_max`` (Fourier pixels), by two matrix products per batch of particles."""
+    """The best ``candidates`` of ``grid`` rotations (each at its best of ``origins``) for each particle
+    ``index``, on frequencies up to ``r_max`` (Fourier pixels), by two matrix products per batch of
+    particles. The result holds ``index.size * candidates`` poses, particle by particle, best first."""
     be = data.backend
     count = data.limit(r_max)
     points = data.prefix(count)
@@ -157,10 +159,11 @@ def global_search(
     kx, ky = be.asarray(points.kx, "float32"), be.asarray(points.ky, "float32")
     cos_t, sin_t = _phases(be, be.asarray(origins, "float32"), kx, ky, data.box)  # (T, K)
     n_rot, n_shift = grid.shape[0], origins.shape[0]
+    m = max(1, min(int(candidates), n_rot))
     batch = max(1, max_elements // (n_rot * n_shift))
-    best_rot = np.empty(index.size, dtype=np.int64)
-    best_shift = np.empty(index.size, dtype=np.int64)
-    best_score = np.empty(index.size)
+    best_rot = np.empty((index.size, m), dtype=np.int64)
+    best_shift = np.empty((index.size, m), dtype=np.int64)
+    best_score = np.empty((index.size, m))
     for start in range(0, index.size, batch):
         sel = be.asarray(index[start : start + batch], "int64")
         b = int(sel.shape[0])
@@ -170,12 +173,18 @@ def global_search(
         cross = be.concatenate([zr, zi], axis=2).reshape(b * n_shift, 2 * count) @ proj_cat_t
         norm = be.sqrt(be.maximum(wc2 @ power_t, 1e-30))  # (b, J)
         score = cross.reshape(b, n_shift, n_rot) / norm[:, None, :]
-        flat, value = be.argmax_max(score.reshape(b, n_shift * n_rot), 1)
-        flat = be.to_numpy(flat)
-        best_shift[start : start + b] = flat // n_rot
-        best_rot[start : start + b] = flat % n_rot
+        # each orientation at its best shift, then the best orientations, then their shifts
+        per_rot = be.max(score, 1)  # (b, J)
+        if m == 1:
+            rot, value = be.argmax_max(per_rot, 1)
+            rot, value = rot[:, None], value[:, None]
+        else:
+            rot, value = be.topk(per_rot, m)
+        shift, _ = be.argmax_max(be.take_last(score, rot), 1)  # (b, m)
+        best_rot[start : start + b] = be.to_numpy(rot)
+        best_shift[start : start + b] = be.to_numpy(shift)
         best_score[start : start + b] = be.to_numpy(value)
-    return Poses(grid[best_rot].copy(), origins[best_shift].copy(), best_score)
+    return Poses(grid[best_rot.ravel()].copy(), origins[best_shift.ravel()].copy(), best_score.ravel())
 
 
 # ------------------------------------------------------------------------------ local search
