@@ -54,7 +54,7 @@ class Spectrum:
 
     def blurred(self, radius: float) -> np.ndarray:
         """The image blurred by disk(``radius``) * Gaussian(``sigma0``), same shape as the input."""
-        otf = self.otf(radius)
+        otf = self.otf(radius).astype(self.spectrum.real.dtype, copy=False)
         if self.spectrum.ndim == 3:
             otf = otf[:, :, None]
         out = np.fft.irfft2(self.spectrum * otf, s=self.padded_shape, axes=(0, 1))

@@ -199,7 +199,7 @@ def _pcg(matrix: sparse.csr_matrix, rhs: np.ndarray, x: np.ndarray, iterations: 
     def dot(a: np.ndarray, b: np.ndarray) -> float:
         # an elementwise product and a sum, not BLAS: a multithreaded BLAS dot spins its threads,
         # which costs far more CPU than it saves on vectors of this size
-        return float(np.multiply(a, b, out=scratch).sum())
+        return float(np.multiply(a, b, out=scratch).sum(dtype=np.float64))
 
     inverse_diagonal = 1.0 / matrix.diagonal()
     residual = rhs - matrix @ x
@@ -246,8 +246,10 @@ def solve_smooth(target: np.ndarray, data_weight: np.ndarray, smoothness: EdgeAw
         if solution is None:
             solution = sparse_linalg.spsolve(matrix.tocsc(), rhs).reshape(shape)
             continue
-        start = cv2.resize(solution, (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR)
-        solution = _pcg(matrix, rhs, start.ravel(), iterations).reshape(shape)
+        start = cv2.resize(solution.astype(np.float32), (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR)
+        # single precision halves the memory traffic of the iterations; depth needs ~4 digits
+        solution = _pcg(matrix.astype(np.float32), rhs.astype(np.float32), start.ravel(),
+                        iterations).reshape(shape).astype(np.float64)
     assert solution is not None
     return solution
 
