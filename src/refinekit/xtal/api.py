@@ -50,10 +50,11 @@ from .sfcalc import StructureFactorCalculator
 from .targets import map_coefficients
 from .twin import TwinModel
 
-#: the weight scan: X-ray weights tried (log scale), cycles per trial, and the geometry it must keep
-WEIGHT_BOUNDS = (1.0, 16.0)
-WEIGHT_GRID = 3
-WEIGHT_TRIAL_CYCLES = 3
+#: the weight scan: X-ray weights tried (the two bounds and two golden-section points between them, on a
+#: log scale), cycles per trial, and the geometry the chosen trial must keep
+WEIGHT_BOUNDS = (1.5, 12.0)
+WEIGHT_GRID = 2
+WEIGHT_TRIAL_CYCLES = 2
 MAX_DEVIATION = {"bond_rmsd": 0.02, "angle_rmsd": 2.5}
 #: R_free must rise by more than this (and stay up for `patience` cycles) to raise the alarm: smaller
 #: moves are within the cycle-to-cycle noise of a converged refinement

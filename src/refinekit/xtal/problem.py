@@ -74,6 +74,7 @@ class XtalRefinementProblem(RefinementProblem):
         # nudged by every line search after
         self.curvature_factor = np.array([1.0, 1.0])
         self._calibrated = False
+        self._xray_terms: tuple[float, np.ndarray] = (0.0, np.zeros(0))
 
     # ------------------------------------------------------------------------------ helpers
     def _all_hkl(self) -> np.ndarray:
@@ -174,6 +175,10 @@ class XtalRefinementProblem(RefinementProblem):
         return x_new - x
 
     # --------------------------------------------------------------------------- the step
+    def xray_value(self, x: np.ndarray) -> float:
+        """The (unweighted) X-ray target, with this cycle's scales and mask."""
+        return self.target.value(self._fm_abs(self._evaluate(x)), self.data.work)
+
     def total(self, x: np.ndarray) -> float:
         """weight * X-ray target + restraints, with this cycle's scales and mask."""
         ev = self._evaluate(x)
@@ -203,7 +208,8 @@ class XtalRefinementProblem(RefinementProblem):
         restr = model.restraints.evaluate(ev.arrays.xyz, ev.arrays.b_iso, adp_weight=self.adp_weight,
                                           with_hessian=True, param_of_atom=model.block,
                                           n_params=model.n_heavy)
-        grad = self.weight * model.fold_gradient(g_xyz, g_b, g_occ)
+        self._xray_terms = (terms.value, model.fold_gradient(g_xyz, g_b, g_occ))
+        grad = self.weight * self._xray_terms[1]
         grad += model.fold_gradient(restr.grad_xyz, restr.grad_b, None)
         fisher = self.weight * self._fisher_diagonal(ev.arrays, curvature_k2)
         value = self.weight * terms.value + restr.value
@@ -244,7 +250,7 @@ class XtalRefinementProblem(RefinementProblem):
         value, grad, fisher, restr = self.value_and_gradient(x)
         delta = self._direction(grad, fisher, restr)
         if not self._calibrated:
-            self._calibrate(x, value, grad, delta)
+            self._calibrate(x, fisher, delta)
             delta = self._direction(grad, fisher, restr)
         slope = float(grad @ delta)
         if not slope < 0:
@@ -279,22 +285,22 @@ class XtalRefinementProblem(RefinementProblem):
         delta[3 * n: 4 * n] *= min(1.0, 20.0 / max(float(np.abs(lay.b(delta)).max(initial=0.0)), 1e-12))
         return delta
 
-    def _calibrate(self, x: np.ndarray, f0: float, grad: np.ndarray, delta: np.ndarray) -> None:
-        """Measure the curvature along the coordinate part and the B part of the first step (one
-        function value each) and scale the Fisher blocks so that a full step is about right."""
+    def _calibrate(self, x: np.ndarray, fisher: np.ndarray, delta: np.ndarray) -> None:
+        """Measure the X-ray target's curvature along the coordinate part and the B part of the first
+        step (one function value each) against what the Fisher diagonal predicts, and scale the
+        Fisher blocks by the ratio."""
         n = self.model.layout.n
-        blocks = [slice(0, 3 * n), slice(3 * n, 4 * n)]
-        for k, block in enumerate(blocks):
+        xray0, xray_grad = self._xray_terms
+        for k, block in enumerate([slice(0, 3 * n), slice(3 * n, 4 * n)]):
             part = np.zeros_like(delta)
             part[block] = delta[block]
-            slope = float(grad @ part)
-            if not slope < 0:
+            predicted = float(part[block] @ (fisher[block] / self.weight * part[block]))
+            if not predicted > 0:
                 continue
-            f1 = self.total(self._bounded(x + part))
-            curvature = 2.0 * (f1 - f0 - slope)
-            if curvature > 0:
-                best = -slope / curvature                  # the parabola's minimum along the step
-                self.curvature_factor[k] = float(np.clip(self.curvature_factor[k] / best, 0.3, 30.0))
+            actual = 2.0 * (self.xray_value(self._bounded(x + part)) - xray0 - float(xray_grad @ part))
+            if actual > 0:
+                ratio = actual / predicted / self.curvature_factor[k]
+                self.curvature_factor[k] = float(np.clip(self.curvature_factor[k] * ratio, 0.3, 30.0))
         self._calibrated = True
 
     def _line_search(self, x: np.ndarray, delta: np.ndarray, f0: float, slope: float

@@ -25,7 +25,7 @@ ADP_SIGMA_BOND = 2.0
 ADP_SIGMA_ANGLE = 3.0
 #: torsions that refmac leaves out by default: the backbone's phi and psi, and ring constants (sigma 0)
 _SKIPPED_TORSIONS = ("phi", "psi")
-NONBONDED_CUTOFF = 4.2
+NONBONDED_CUTOFF = 4.0
 #: the contact radius of an explicit hydrogen (ener_lib's 1.2 Å flags most 1-5 contacts of a
 #: well-refined model as clashes)
 HYDROGEN_RADIUS = 1.0

@@ -140,12 +140,12 @@ class StructureFactorCalculator:
         """F of a flat bulk-solvent mask (1 in the solvent, 0 in the molecule) at ``self.hkl``.
 
         The mask is a step function: it needs a finer grid than the blurred atoms do (``spacing``,
-        by default d_min/4 and at most 0.6 Å), or R_free moves by a few 0.001 with the grid.
+        by default d_min/3.3 and at most 0.6 Å); even so R_free moves by about 0.001 with the grid.
         """
         grid = gemmi.FloatGrid()
         grid.spacegroup = self.spacegroup
         grid.set_unit_cell(self.cell)
-        step = spacing if spacing is not None else min(self.d_min / 4.0, 0.6)
+        step = spacing if spacing is not None else min(self.d_min / 3.3, 0.6)
         grid.set_size_from_spacing(step, gemmi.GridSizeRounding.Up)
         masker.put_mask_on_float_grid(grid, model)
         recip = gemmi.transform_map_to_f_phi(grid, half_l=True)

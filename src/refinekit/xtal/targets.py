@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
-from scipy import optimize, special
+from scipy import special
 
 from .reflections import ReflectionData
 
@@ -50,38 +51,68 @@ class SigmaA:
         var = data.epsilon * self.s[self.bins] + np.where(data.centric, 1.0, 2.0) * data.sigma**2
         return self.d[self.bins], var
 
-    def fit(self, fm_abs: np.ndarray, use: np.ndarray) -> None:
-        """Maximise the likelihood of the reflections ``use`` over D >= 0 and S > 0, bin by bin."""
+    def fit(self, fm_abs: np.ndarray, use: np.ndarray, *, iterations: int = 12) -> None:
+        """Maximise the likelihood of the reflections ``use`` over D >= 0 and S > 0, bin by bin: damped
+        Newton steps on (D, log S), all bins at once, each step kept only where it lowers its bin's
+        -log-likelihood."""
         data = self.data
         fo, fc, bins = data.f_obs[use], fm_abs[use], self.bins[use]
         eps, cen, sig = data.epsilon[use], data.centric[use], data.sigma[use]
-        counts = np.bincount(bins, minlength=self.n_bins).astype(float)
-        # start: D from the linear regression of Fo on Fc, S from what remains
-        sum_fofc = np.bincount(bins, weights=fo * fc, minlength=self.n_bins)
-        sum_fcfc = np.bincount(bins, weights=fc * fc, minlength=self.n_bins)
-        d0 = np.clip(sum_fofc / np.maximum(sum_fcfc, 1e-30), 0.05, 2.0)
-        resid = (fo - d0[bins] * fc) ** 2 / eps
-        s0 = np.maximum(np.bincount(bins, weights=resid, minlength=self.n_bins) / np.maximum(counts, 1), 1e-6)
-        if self.fitted:                         # the previous cycle's values are the better start
-            d0, s0 = self.d.copy(), self.s.copy()
-        scale = s0.copy()                       # optimise log(S / s0): all of order one
         n = self.n_bins
+        meas = np.where(cen, 1.0, 2.0) * sig**2
+        if not self.fitted:
+            # start: D from the regression of Fo on Fc, S from what remains
+            sum_fofc = np.bincount(bins, weights=fo * fc, minlength=n)
+            sum_fcfc = np.bincount(bins, weights=fc * fc, minlength=n)
+            self.d = np.clip(sum_fofc / np.maximum(sum_fcfc, 1e-30), 0.05, 2.0)
+            counts = np.maximum(np.bincount(bins, minlength=n), 1)
+            resid = (fo - self.d[bins] * fc) ** 2 / eps
+            self.s = np.maximum(np.bincount(bins, weights=resid, minlength=n) / counts, 1e-6)
+        d, log_s = self.d.copy(), np.log(self.s)
 
-        def objective(p: np.ndarray) -> tuple[float, np.ndarray]:
-            d = p[:n]
-            s = scale * np.exp(p[n:])
-            value, g_d, g_v = _ml_terms(fo, fc, d[bins], eps * s[bins] + np.where(cen, 1.0, 2.0) * sig**2,
-                                        cen, want="params")
-            grad_d = np.bincount(bins, weights=g_d, minlength=n)
-            grad_log_s = np.bincount(bins, weights=g_v * eps * s[bins], minlength=n)
-            return value, np.concatenate([grad_d, grad_log_s])
+        def evaluate(d: np.ndarray, log_s: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+            s = np.exp(log_s)
+            value, g_d, g_v = _ml_terms(fo, fc, d[bins], eps * s[bins] + meas, cen, want="params",
+                                        per_reflection=True)
+            return (np.bincount(bins, weights=value, minlength=n),
+                    np.bincount(bins, weights=g_d, minlength=n),
+                    np.bincount(bins, weights=g_v * eps * s[bins], minlength=n))
 
-        start = np.concatenate([d0, np.zeros(n)])
-        bounds = [(0.0, 5.0)] * n + [(-12.0, 8.0)] * n
-        res = optimize.minimize(objective, start, jac=True, method="L-BFGS-B", bounds=bounds,
-                                options={"maxiter": 100, "ftol": 1e-10})
-        self.d = res.x[:n]
-        self.s = scale * np.exp(res.x[n:])
+        f0, gd, gs = evaluate(d, log_s)
+        for _ in range(iterations):
+            # the 2x2 Hessian of every bin by differences of the analytic gradient
+            hd = 1e-4 * np.maximum(d, 1e-2)
+            _, gd_d, gs_d = evaluate(d + hd, log_s)
+            _, gd_s, gs_s = evaluate(d, log_s + 1e-4)
+            h11, h21 = (gd_d - gd) / hd, (gs_d - gs) / hd
+            h12, h22 = (gd_s - gd) / 1e-4, (gs_s - gs) / 1e-4
+            h12 = h21 = 0.5 * (h12 + h21)
+            det = h11 * h22 - h12 * h21
+            newton = (h11 > 0) & (det > 0)
+            step_d = np.where(newton, -(h22 * gd - h12 * gs) / np.where(newton, det, 1.0),
+                              -gd / np.maximum(np.abs(h11), 1e-12))
+            step_s = np.where(newton, -(h11 * gs - h21 * gd) / np.where(newton, det, 1.0),
+                              -gs / np.maximum(np.abs(h22), 1e-12))
+            step_s = np.clip(step_s, -2.0, 2.0)
+            scale = np.ones(n)
+            accepted = np.zeros(n, dtype=bool)
+            for _ in range(6):
+                d_try = np.maximum(d + scale * step_d, 0.0)
+                s_try = log_s + scale * step_s
+                f1, gd1, gs1 = evaluate(d_try, s_try)
+                better = (f1 <= f0) & ~accepted
+                d = np.where(better, d_try, d)
+                log_s = np.where(better, s_try, log_s)
+                f0 = np.where(better, f1, f0)
+                gd, gs = np.where(better, gd1, gd), np.where(better, gs1, gs)
+                accepted |= better
+                if accepted.all():
+                    break
+                scale = np.where(accepted, scale, 0.3 * scale)
+            moved = np.abs(scale * step_d) + np.abs(scale * step_s)
+            if np.all(~accepted | (moved < 1e-6)):
+                break
+        self.d, self.s = d, np.exp(log_s)
         self.fitted = True
 
     def figures(self) -> dict[str, float]:
@@ -89,8 +120,9 @@ class SigmaA:
 
 
 def _ml_terms(fo: np.ndarray, fc: np.ndarray, d: np.ndarray, var: np.ndarray, centric: np.ndarray,
-              want: str = "fc") -> tuple[float, np.ndarray, np.ndarray]:
-    """-log-likelihood summed, and either (d/dFc, curvature) or (d/dD, d/dV), per reflection."""
+              want: str = "fc", per_reflection: bool = False) -> tuple[Any, np.ndarray, np.ndarray]:
+    """-log-likelihood (summed, or per reflection), and either (d/dFc, curvature) or (d/dD, d/dV) per
+    reflection."""
     acen = ~centric
     x = np.where(acen, 2.0, 1.0) * fo * d * fc / var
     # log I0(x) and I1/I0 (acentric); log cosh(x) and tanh(x) (centric)
@@ -101,7 +133,8 @@ def _ml_terms(fo: np.ndarray, fc: np.ndarray, d: np.ndarray, var: np.ndarray, ce
     with np.errstate(divide="ignore"):
         nll_a = np.log(var) - np.log(2.0 * np.maximum(fo, 1e-30)) + (fo**2 + (d * fc) ** 2) / var - log_i0
     nll_c = 0.5 * np.log(0.5 * math.pi * var) + (fo**2 + (d * fc) ** 2) / (2.0 * var) - log_cosh
-    value = float(np.sum(np.where(acen, nll_a, nll_c)))
+    per = np.where(acen, nll_a, nll_c)
+    value = per if per_reflection else float(np.sum(per))
     m = np.where(acen, m_a, m_c)
     k = np.where(acen, 2.0, 1.0)            # acentric terms carry a factor 2 in these formulas
     if want == "params":
