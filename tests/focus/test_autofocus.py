@@ -91,3 +91,8 @@ def test_metrics_rank_a_blur_series() -> None:
     for metric in METRICS:
         values = [sharpness(image, metric) for image in images]  # type: ignore[arg-type]
         assert values == sorted(values, reverse=True), metric
+
+
+def test_featureless_view_is_reported() -> None:
+    found = autofocus(lambda z: np.full((32, 32), 0.5, np.float32), (0.0, 10.0), fine_step=1.0)
+    assert "no focus found" in found.message

@@ -117,3 +117,14 @@ def test_writers_round_trip(tmp_path: Path) -> None:
     assert np.array_equal(tifffile.imread(tmp_path / "d.tif"), depth)
     assert to_dtype(np.array([-0.1, 0.5, 2.0]), np.dtype(np.uint8)).tolist() == [0, 128, 255]
     assert encode_image(np.zeros((2, 2), np.uint8), "a.jpg")[:2] == b"\xff\xd8"
+
+
+def test_single_page_tiffs_as_frames(tmp_path: Path) -> None:
+    paths = []
+    for k in range(3):
+        path = tmp_path / f"p{k}.tif"
+        tifffile.imwrite(path, np.full((5, 6, 3), 1000 * k, np.uint16), photometric="rgb")
+        paths.append(path)
+    stack = read_stack(paths)
+    assert len(stack) == 3 and stack.channels == 3 and stack.bits == 16
+    assert stack.names == ["p0.tif", "p1.tif", "p2.tif"] and int(stack.read(2)[0, 0, 0]) == 2000

@@ -11,6 +11,7 @@ blur an already aligned frame.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -121,8 +122,10 @@ class Aligner:
             if not _plausible(full, self.shape):
                 warp = FrameWarp(np.eye(2, 3), float(correlation), failed="implausible warp rejected")
         except cv2.error as exc:
-            message = str(exc).strip().splitlines()[-1] if str(exc).strip() else "ECC failed"
-            warp = FrameWarp(np.eye(2, 3), None, failed=f"ECC did not converge ({message[:80]})")
+            # OpenCV's message reads "... error: (-7:Iterations do not converge) ..."
+            found = re.search(r"\(-?\d+:([^)]*)\)", str(exc))
+            reason = found.group(1).strip() if found else "no convergence"
+            warp = FrameWarp(np.eye(2, 3), None, failed=f"ECC failed: {reason.lower()}")
         warp.applied = warp.failed is None and warp.max_shift(self.shape) >= self.min_shift
         self.warps[index] = warp
         return warp

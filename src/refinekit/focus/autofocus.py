@@ -216,7 +216,10 @@ def autofocus(acquire: Acquire, z_range: tuple[float, float], *, fine_step: floa
         message += f"; the fitted position {z:.6g} measured less sharp than the sample at {best.z:.6g}, " \
                    "which is returned"
         z = best.z
-    if best.z in (problem.low, problem.high):
+    values = [sample.value for sample in problem.acquired]
+    if max(values) <= min(values) * (1 + 1e-9):
+        message += "; every sample is equally sharp (a featureless or saturated view): no focus found"
+    elif best.z in (problem.low, problem.high):
         message += "; the sharpest sample is at the end of the range (the focus may lie beyond it)"
     return AutofocusResult(z, best, list(problem.acquired), metric, result, message)
 
