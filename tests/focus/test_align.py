@@ -101,3 +101,19 @@ def test_warp_report() -> None:
     warp = FrameWarp(np.array([[1.0, 0.0, 3.0], [0.0, 1.0, -4.0]]), 0.99, True)
     assert warp.max_shift((10, 10)) == pytest.approx(5.0)
     assert warp.to_dict()["matrix"][0] == [1.0, 0.0, 3.0]
+
+
+def test_pipeline_on_a_breathing_stack_keeps_fusion_and_depth() -> None:
+    from conftest import crop_rmse
+    from refinekit.focus import fuse_stack
+
+    size, n = 160, 9
+    warps = [_breathing(1 + 0.01 * (k - 4), (1.0 * (k - 4), -0.6 * (k - 4)), size) for k in range(n)]
+    moved = make_stack(size=size, n=n, warps=warps, seed=6)
+    still = make_stack(size=size, n=n, seed=6)
+    got = fuse_stack(np.clip(moved.frames, 0, 1), depth=True, weight=10.0)
+    reference = fuse_stack(np.clip(still.frames, 0, 1), depth=True, weight=10.0)
+    assert sum(w.applied for w in got.warps) >= n - 2  # the middle frame and maybe a neighbour stay
+    # measured: PSNR 33.38 vs 33.38 dB; depth RMSE 0.145 vs 0.064 frames
+    assert psnr(got.fused, still.truth, 16) > psnr(reference.fused, still.truth, 16) - 0.5
+    assert got.depth_map is not None and crop_rmse(got.depth_map, still.depth, 16) < 0.25
