@@ -44,20 +44,26 @@ RIBOSOME = HERE.parent.parent / "shared" / "data" / "cryoem" / "maps" / "aspire_
 
 def reconstruct_with(sim, subsets, rotations, origins):
     """Half maps (regularised from their own FSC) and the full map at the given poses."""
-    data = ParticleTransforms(sim.images, sim.ctf, sim.pixel_size, sim.images.shape[-1] / 2 - 1, NumpyBackend())
+    data = ParticleTransforms(
+        sim.images, sim.ctf, sim.pixel_size, sim.images.shape[-1] / 2 - 1, NumpyBackend()
+    )
     weights = np.ones(sim.images.shape[-1] // 2 + 1)
     halves = [np.flatnonzero(subsets == h) for h in (1, 2)]
     bps = [backproject_particles(data, h, rotations[h], origins[h], weights) for h in halves]
-    first = reconstruct_halves(bps[0], bps[1], sim.pixel_size, None)
-    return reconstruct_halves(bps[0], bps[1], sim.pixel_size, first.fsc.unmasked)
+    return reconstruct_halves(bps[0], bps[1], sim.pixel_size)
 
 
 def figures_of(rec, truth, box, pixel):
     half = crossing_shell(rec.fsc.unmasked)
     vs_truth = fourier_shell_correlation(rec.full_map, truth)
-    return {"half_map_0143_shell": half, "half_map_0143_a": box * pixel / half,
-            "truth_05_shell": crossing_shell(vs_truth, 0.5), "truth_05_a": box * pixel / crossing_shell(vs_truth, 0.5),
-            "truth_0143_shell": crossing_shell(vs_truth), "truth_0143_a": box * pixel / crossing_shell(vs_truth)}
+    return {
+        "half_map_0143_shell": half,
+        "half_map_0143_a": box * pixel / half,
+        "truth_05_shell": crossing_shell(vs_truth, 0.5),
+        "truth_05_a": box * pixel / crossing_shell(vs_truth, 0.5),
+        "truth_0143_shell": crossing_shell(vs_truth),
+        "truth_0143_a": box * pixel / crossing_shell(vs_truth),
+    }
 
 
 def main() -> None:
@@ -94,39 +100,71 @@ def main() -> None:
     poses = result.x.poses
     comparison = compare_poses(poses.rotations, poses.origins, sim.rotations, sim.origins)
     true_rec = reconstruct_with(sim, result.subsets, sim.rotations, sim.origins)
-    registered = reconstruct_with(sim, result.subsets, comparison.registered_rotations(poses.rotations),
-                                  comparison.registered_origins(sim.rotations, poses.origins))
+    registered = reconstruct_with(
+        sim,
+        result.subsets,
+        comparison.registered_rotations(poses.rotations),
+        comparison.registered_origins(sim.rotations, poses.origins),
+    )
     box, pixel = args.box, args.pixel
     iterations = [r for r in result.history[1:]]
     summary = {
-        "setting": {"n": args.n, "snr": args.snr, "box": box, "pixel_a": pixel, "start_rotation_deg": args.rotation,
-                    "seed": args.seed, "options": {k: getattr(options, k) for k in options.__dataclass_fields__}},
-        "status": result.status.label, "message": result.message, "iterations": result.n_cycles,
-        "seconds": seconds, "seconds_per_iteration": seconds / max(result.n_cycles, 1),
+        "setting": {
+            "n": args.n,
+            "snr": args.snr,
+            "box": box,
+            "pixel_a": pixel,
+            "start_rotation_deg": args.rotation,
+            "seed": args.seed,
+            "options": {k: getattr(options, k) for k in options.__dataclass_fields__},
+        },
+        "status": result.status.label,
+        "message": result.message,
+        "iterations": result.n_cycles,
+        "seconds": seconds,
+        "seconds_per_iteration": seconds / max(result.n_cycles, 1),
         "ms_per_particle_iteration": 1e3 * seconds / max(result.n_cycles, 1) / args.n,
         "simulate_seconds": simulate_seconds,
-        "median_error_deg": comparison.median_error_deg, "fraction_within_5deg": comparison.fraction_within(5.0),
+        "median_error_deg": comparison.median_error_deg,
+        "fraction_within_5deg": comparison.fraction_within(5.0),
         "error_percentile_99_deg": float(np.percentile(comparison.errors_deg, 99)),
         "median_shift_error_px": comparison.median_shift_error_px,
         "registration_angle_deg": comparison.to_dict()["registration_angle_deg"],
-        "refinement_half_map_0143_shell": result.x.crossing, "refinement_half_map_0143_a": result.x.resolution,
+        "refinement_half_map_0143_shell": result.x.crossing,
+        "refinement_half_map_0143_a": result.x.resolution,
         "refined_poses": figures_of(registered, sim.volume, box, pixel),
         "true_poses": figures_of(true_rec, sim.volume, box, pixel),
-        "per_iteration": [{k: r.figures.get(k) for k in ("resolution_a", "median_angle_change_deg",
-                                                          "iteration_seconds", "global_search", "mean_score")}
-                          for r in iterations],
+        "per_iteration": [
+            {
+                k: r.figures.get(k)
+                for k in (
+                    "resolution_a",
+                    "median_angle_change_deg",
+                    "iteration_seconds",
+                    "global_search",
+                    "mean_score",
+                )
+            }
+            for r in iterations
+        ],
     }
-    shells_apart = abs(summary["refinement_half_map_0143_shell"] - summary["true_poses"]["half_map_0143_shell"])
+    shells_apart = abs(
+        summary["refinement_half_map_0143_shell"] - summary["true_poses"]["half_map_0143_shell"]
+    )
     summary["half_map_shells_from_true_poses"] = shells_apart
-    summary["rosenthal_henderson_shells"] = abs(summary["refined_poses"]["half_map_0143_shell"]
-                                                - summary["refined_poses"]["truth_05_shell"])
+    summary["rosenthal_henderson_shells"] = abs(
+        summary["refined_poses"]["half_map_0143_shell"] - summary["refined_poses"]["truth_05_shell"]
+    )
     print(json.dumps(summary, indent=2, default=float))
-    print(f"\n| {args.n} | {args.snr:g} | {result.n_cycles} | {seconds:.0f} s | {summary['seconds_per_iteration']:.1f} s "
-          f"| {summary['ms_per_particle_iteration']:.2f} ms | {comparison.median_error_deg:.2f} deg "
-          f"| {100 * comparison.fraction_within(5.0):.1f} % | {comparison.median_shift_error_px:.2f} px "
-          f"| {result.x.resolution:.1f} A ({summary['true_poses']['half_map_0143_a']:.1f} A) "
-          f"| {summary['refined_poses']['truth_0143_a']:.1f} / {summary['refined_poses']['truth_05_a']:.1f} A "
-          f"({summary['true_poses']['truth_0143_a']:.1f} / {summary['true_poses']['truth_05_a']:.1f} A) |")
+    print(
+        f"\n| {args.n} | {args.snr:g} | {result.n_cycles} | {seconds:.0f} s "
+        f"| {summary['seconds_per_iteration']:.1f} s "
+        f"| {summary['ms_per_particle_iteration']:.2f} ms | {comparison.median_error_deg:.2f} deg "
+        f"| {100 * comparison.fraction_within(5.0):.1f} % | {comparison.median_shift_error_px:.2f} px "
+        f"| {result.x.resolution:.1f} A ({summary['true_poses']['half_map_0143_a']:.1f} A) "
+        f"| {summary['refined_poses']['truth_0143_a']:.1f} / {summary['refined_poses']['truth_05_a']:.1f} A "
+        f"({summary['true_poses']['truth_0143_a']:.1f} / {summary['true_poses']['truth_05_a']:.1f} A) |"
+    )
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "summary.json").write_text(json.dumps(summary, indent=2, default=float) + "\n")

@@ -26,8 +26,13 @@ def small_simulation(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, ob
     return out, sim
 
 
-def write_stack_and_star(folder: Path, star_text: str, images: np.ndarray | None = None,
-                         stack_name: str = "stack.mrcs", pixel: float = 2.0) -> Path:
+def write_stack_and_star(
+    folder: Path,
+    star_text: str,
+    images: np.ndarray | None = None,
+    stack_name: str = "stack.mrcs",
+    pixel: float = 2.0,
+) -> Path:
     """A STAR file (text given) and, unless ``images`` is None, its stack beside it."""
     from refinekit.cryoem.io import write_mrc
 

@@ -29,8 +29,24 @@ def snapshot(folder: Path) -> dict[str, int]:
 
 def test_simulate_then_refine(tmp_path):
     sim_dir = tmp_path / "sim"
-    res = invoke("cryoem", "simulate", bundled_map_path("emd_1832"), "-n", 240, "--snr", 0.5, "--box", 32,
-                 "--start-rotation", 20, "-o", sim_dir, "--seed", 3, "--json")
+    res = invoke(
+        "cryoem",
+        "simulate",
+        bundled_map_path("emd_1832"),
+        "-n",
+        240,
+        "--snr",
+        0.5,
+        "--box",
+        32,
+        "--start-rotation",
+        20,
+        "-o",
+        sim_dir,
+        "--seed",
+        3,
+        "--json",
+    )
     assert res.exit_code == 0, res.stderr
     summary = json.loads(res.stdout)
     assert summary["box"] == 32 and summary["pixel_size_a"] == pytest.approx(9.12 * 40 / 32, rel=1e-5)
@@ -41,16 +57,34 @@ def test_simulate_then_refine(tmp_path):
     assert np.std(particles.images) == pytest.approx(np.sqrt(1 + 0.5), rel=0.05)  # unit noise, SNR 0.5
 
     out = tmp_path / "refined"
-    res = invoke("cryoem", "refine", sim_dir / "particles.star", "--reference", sim_dir / "initial_reference.mrc",
-                 "-o", out, "--json", "--max-iterations", 8)
+    res = invoke(
+        "cryoem",
+        "refine",
+        sim_dir / "particles.star",
+        "--reference",
+        sim_dir / "initial_reference.mrc",
+        "-o",
+        out,
+        "--json",
+        "--max-iterations",
+        8,
+    )
     assert res.exit_code == 0, res.stderr
     data = json.loads(res.stdout)
     assert data["status"] in ("converged", "max_cycles") and data["resolution_a"] < 40
     for key in ("resolution_a", "resolution_masked_a", "resolution_corrected_a", "history", "outputs"):
         assert key in data
     assert all("median_angle_change_deg" in h and "resolution_a" in h for h in data["history"][1:])
-    for name in ("map.mrc", "half_map_1.mrc", "half_map_2.mrc", "mask.mrc", "particles.star", "fsc.csv", "fsc.png",
-                 "iterations.json"):
+    for name in (
+        "map.mrc",
+        "half_map_1.mrc",
+        "half_map_2.mrc",
+        "mask.mrc",
+        "particles.star",
+        "fsc.csv",
+        "fsc.png",
+        "iterations.json",
+    ):
         assert (out / name).is_file(), name
     refined = read_particles(out / "particles.star")
     truth = read_particles(sim_dir / "truth.star")
@@ -146,7 +180,9 @@ def test_absent_and_contradictory_columns(dataset, tmp_path):
     optics_row = next(line for line in text.splitlines() if line.startswith("1 opticsGroup1"))
     edit_star(dataset, optics_row, optics_row.replace(" 32 2", " 64 2"), "size.star")
     before = snapshot(dataset)
-    expect_bad_input(invoke(*refine_args(dataset, out, star="size.star")), before, dataset, out, "rlnImageSize")
+    expect_bad_input(
+        invoke(*refine_args(dataset, out, star="size.star")), before, dataset, out, "rlnImageSize"
+    )
 
 
 def test_one_sided_subsets(dataset, tmp_path):
@@ -165,7 +201,9 @@ def test_outputs_never_over_inputs(dataset):
     # the output folder is the input folder and the reference is called map.mrc: refused
     shutil.copy(dataset / "initial_reference.mrc", dataset / "map.mrc")
     before = snapshot(dataset)
-    res = invoke("cryoem", "refine", dataset / "particles.star", "--reference", dataset / "map.mrc", "-o", dataset)
+    res = invoke(
+        "cryoem", "refine", dataset / "particles.star", "--reference", dataset / "map.mrc", "-o", dataset
+    )
     expect_bad_input(res, before, dataset, None, "overwrite")
 
 

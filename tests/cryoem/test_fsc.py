@@ -29,8 +29,9 @@ def test_fsc_of_signal_plus_independent_noise_follows_the_ssnr():
     rng = np.random.default_rng(0)
     signal = np.fft.fftn(rng.normal(size=(box,) * 3))
     ssnr = shell_filter(box, lambda k: 50.0 * np.exp(-k / 4.0))
-    halves = [np.fft.ifftn(signal * np.sqrt(ssnr) + np.fft.fftn(rng.normal(size=(box,) * 3))).real
-              for _ in range(2)]
+    halves = [
+        np.fft.ifftn(signal * np.sqrt(ssnr) + np.fft.fftn(rng.normal(size=(box,) * 3))).real for _ in range(2)
+    ]
     fsc = fourier_shell_correlation(*halves)
     k = np.arange(fsc.size)
     expected = 50 * np.exp(-k / 4) / (1 + 50 * np.exp(-k / 4))
@@ -78,7 +79,7 @@ def test_mask_correlation_is_removed_by_phase_randomisation():
     high = slice(12, 20)
     assert report.masked[high].mean() > 0.25  # the mask's own correlation
     assert abs(report.corrected[high].mean()) < 0.1
-    assert np.allclose(report.corrected[:report.randomised_from], report.masked[:report.randomised_from])
+    assert np.allclose(report.corrected[: report.randomised_from], report.masked[: report.randomised_from])
     assert report.randomised_from is not None and report.randomised_from <= 8
 
 

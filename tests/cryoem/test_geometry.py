@@ -32,11 +32,13 @@ def test_relion_matrix_entries():
     # RELION's Euler_angles2matrix, written out for rot=30, tilt=50, psi=70
     a, b, g = np.radians([30.0, 50.0, 70.0])
     ca, sa, cb, sb, cg, sg = np.cos(a), np.sin(a), np.cos(b), np.sin(b), np.cos(g), np.sin(g)
-    expected = np.array([
-        [cg * cb * ca - sg * sa, cg * cb * sa + sg * ca, -cg * sb],
-        [-sg * cb * ca - cg * sa, -sg * cb * sa + cg * ca, sg * sb],
-        [sb * ca, sb * sa, cb],
-    ])
+    expected = np.array(
+        [
+            [cg * cb * ca - sg * sa, cg * cb * sa + sg * ca, -cg * sb],
+            [-sg * cb * ca - cg * sa, -sg * cb * sa + cg * ca, sg * sb],
+            [sb * ca, sb * sa, cb],
+        ]
+    )
     assert np.allclose(euler_to_matrix(30.0, 50.0, 70.0), expected)
 
 

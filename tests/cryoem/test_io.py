@@ -53,8 +53,9 @@ def test_empiar_relion30_stack(shared_data):
     assert stack.rotations is None and stack.origins is None and stack.subsets is None
 
 
-@pytest.mark.parametrize("path", ["cryodrgn_relion31_5/relion31.star",
-                                  "aspire_sample17/sample_particles_relion31.star"])
+@pytest.mark.parametrize(
+    "path", ["cryodrgn_relion31_5/relion31.star", "aspire_sample17/sample_particles_relion31.star"]
+)
 def test_reconstruction_from_the_given_angles(shared_data, path):
     stack = downsample_stack(read_particles(particles_dir(shared_data) / path), 64)
     assert stack.box == 64
@@ -91,8 +92,9 @@ _rlnMicrographName
     origins = rng.normal(size=(6, 2))
     out_dir = tmp_path / "out"
     out_dir.mkdir()
-    blocks = particles_star_blocks(stack, out_dir, rotations=rotations, origins=origins,
-                                   subsets=np.array([1, 2, 1, 2, 1, 2]))
+    blocks = particles_star_blocks(
+        stack, out_dir, rotations=rotations, origins=origins, subsets=np.array([1, 2, 1, 2, 1, 2])
+    )
     write_star(out_dir / "particles.star", blocks)
     back = read_particles(out_dir / "particles.star")
     assert np.allclose(back.images, images)
@@ -111,8 +113,10 @@ def test_map_round_trip(tmp_path):
     assert (tmp_path / "m.mrc").stat().st_mode & 0o044  # readable by others, as open() would make it
 
 
-STAR_HEADER = "data_particles\nloop_\n_rlnImageName\n_rlnDefocusU\n_rlnVoltage\n_rlnSphericalAberration\n" \
-              "_rlnAmplitudeContrast\n_rlnPixelSize\n"
+STAR_HEADER = (
+    "data_particles\nloop_\n_rlnImageName\n_rlnDefocusU\n_rlnVoltage\n_rlnSphericalAberration\n"
+    "_rlnAmplitudeContrast\n_rlnPixelSize\n"
+)
 
 
 def rows(n: int, stack: str = "stack.mrcs") -> str:
@@ -122,22 +126,47 @@ def rows(n: int, stack: str = "stack.mrcs") -> str:
 BAD_CASES = {
     "missing stack": (STAR_HEADER + rows(2, "nowhere.mrcs"), 2, "does not exist"),
     "index beyond the stack": (STAR_HEADER + rows(3), 2, "stack holds 2"),
-    "no defocus": ("data_particles\nloop_\n_rlnImageName\n_rlnPixelSize\n1@stack.mrcs 2.0\n", 2, "rlnDefocusU"),
-    "no pixel size": ("data_particles\nloop_\n_rlnImageName\n_rlnDefocusU\n_rlnVoltage\n_rlnSphericalAberration\n"
-                      "_rlnAmplitudeContrast\n1@stack.mrcs 1e4 300 2.7 0.1\n", 2, "pixel size"),
-    "origins disagree": (STAR_HEADER.replace("_rlnPixelSize\n", "_rlnPixelSize\n_rlnOriginX\n_rlnOriginY\n"
-                                             "_rlnOriginXAngst\n_rlnOriginYAngst\n")
-                         + "1@stack.mrcs 15000 300 2.7 0.1 2.0 1 1 4 4\n", 2, "disagree"),
-    "bad subset": (STAR_HEADER.replace("_rlnPixelSize\n", "_rlnPixelSize\n_rlnRandomSubset\n")
-                   + "1@stack.mrcs 15000 300 2.7 0.1 2.0 3\n", 2, "rlnRandomSubset"),
-    "unknown optics group": ("data_optics\nloop_\n_rlnOpticsGroup\n_rlnImagePixelSize\n_rlnVoltage\n"
-                             "_rlnSphericalAberration\n_rlnAmplitudeContrast\n1 2.0 300 2.7 0.1\n"
-                             "data_particles\nloop_\n_rlnImageName\n_rlnDefocusU\n_rlnOpticsGroup\n"
-                             "1@stack.mrcs 15000 2\n", 2, "optics group"),
-    "image size contradicts the stack": ("data_optics\nloop_\n_rlnOpticsGroup\n_rlnImagePixelSize\n_rlnVoltage\n"
-                                         "_rlnSphericalAberration\n_rlnAmplitudeContrast\n_rlnImageSize\n"
-                                         "1 2.0 300 2.7 0.1 32\ndata_particles\nloop_\n_rlnImageName\n"
-                                         "_rlnDefocusU\n_rlnOpticsGroup\n1@stack.mrcs 15000 1\n", 2, "rlnImageSize"),
+    "no defocus": (
+        "data_particles\nloop_\n_rlnImageName\n_rlnPixelSize\n1@stack.mrcs 2.0\n",
+        2,
+        "rlnDefocusU",
+    ),
+    "no pixel size": (
+        "data_particles\nloop_\n_rlnImageName\n_rlnDefocusU\n_rlnVoltage\n_rlnSphericalAberration\n"
+        "_rlnAmplitudeContrast\n1@stack.mrcs 1e4 300 2.7 0.1\n",
+        2,
+        "pixel size",
+    ),
+    "origins disagree": (
+        STAR_HEADER.replace(
+            "_rlnPixelSize\n", "_rlnPixelSize\n_rlnOriginX\n_rlnOriginY\n_rlnOriginXAngst\n_rlnOriginYAngst\n"
+        )
+        + "1@stack.mrcs 15000 300 2.7 0.1 2.0 1 1 4 4\n",
+        2,
+        "disagree",
+    ),
+    "bad subset": (
+        STAR_HEADER.replace("_rlnPixelSize\n", "_rlnPixelSize\n_rlnRandomSubset\n")
+        + "1@stack.mrcs 15000 300 2.7 0.1 2.0 3\n",
+        2,
+        "rlnRandomSubset",
+    ),
+    "unknown optics group": (
+        "data_optics\nloop_\n_rlnOpticsGroup\n_rlnImagePixelSize\n_rlnVoltage\n"
+        "_rlnSphericalAberration\n_rlnAmplitudeContrast\n1 2.0 300 2.7 0.1\n"
+        "data_particles\nloop_\n_rlnImageName\n_rlnDefocusU\n_rlnOpticsGroup\n"
+        "1@stack.mrcs 15000 2\n",
+        2,
+        "optics group",
+    ),
+    "image size contradicts the stack": (
+        "data_optics\nloop_\n_rlnOpticsGroup\n_rlnImagePixelSize\n_rlnVoltage\n"
+        "_rlnSphericalAberration\n_rlnAmplitudeContrast\n_rlnImageSize\n"
+        "1 2.0 300 2.7 0.1 32\ndata_particles\nloop_\n_rlnImageName\n"
+        "_rlnDefocusU\n_rlnOpticsGroup\n1@stack.mrcs 15000 1\n",
+        2,
+        "rlnImageSize",
+    ),
     "not a star file": ("just some text\n", 2, "not a STAR file"),
     "empty table": ("data_particles\nloop_\n_rlnImageName\n_rlnDefocusU\n", 2, "empty"),
     "no image names": ("data_particles\nloop_\n_rlnDefocusU\n15000\n", 2, "rlnImageName"),

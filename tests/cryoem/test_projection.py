@@ -24,7 +24,9 @@ def blobs(box: int, seed: int = 0, count: int = 6) -> np.ndarray:
     for _ in range(count):
         centre = rng.uniform(-box / 5, box / 5, 3)
         width = rng.uniform(1.2, 2.5)
-        volume += np.exp(-((xx - centre[0]) ** 2 + (y - centre[1]) ** 2 + (z - centre[2]) ** 2) / (2 * width**2))
+        volume += np.exp(
+            -((xx - centre[0]) ** 2 + (y - centre[1]) ** 2 + (z - centre[2]) ** 2) / (2 * width**2)
+        )
     return volume
 
 
@@ -33,7 +35,9 @@ def textured(box: int, seed: int = 0) -> np.ndarray:
     from refinekit.cryoem.fsc import spherical_mask
     from refinekit.cryoem.simulate import band_limit
 
-    return band_limit(np.random.default_rng(seed).normal(size=(box,) * 3) * spherical_mask(box, box / 2 - 4, 2.0))
+    return band_limit(
+        np.random.default_rng(seed).normal(size=(box,) * 3) * spherical_mask(box, box / 2 - 4, 2.0)
+    )
 
 
 def exact_slice(volume: np.ndarray, rotation: np.ndarray, kx: np.ndarray, ky: np.ndarray) -> np.ndarray:
@@ -115,7 +119,9 @@ def test_ctf_relion_convention():
     r = np.array([10.0])
     for angle, reference in ((along, u), (across, v)):
         kx, ky = r * np.cos(angle), r * np.sin(angle)
-        assert astig.evaluate(kx, ky, box, pixel)[0, 0] == pytest.approx(reference.evaluate(kx, ky, box, pixel)[0, 0])
+        assert astig.evaluate(kx, ky, box, pixel)[0, 0] == pytest.approx(
+            reference.evaluate(kx, ky, box, pixel)[0, 0]
+        )
 
 
 def test_backprojection_returns_the_map():
@@ -129,7 +135,7 @@ def test_backprojection_returns_the_map():
     bp.insert_dc(float(volume.sum()) * len(rotations), float(len(rotations)))
     rec = bp.reconstruct(np.full(box // 2 + 1, 1e-6 * bp.weight_by_shell().mean()))
     fsc = fourier_shell_correlation(rec, volume)
-    assert fsc[1:box // 2].min() > 0.99
+    assert fsc[1 : box // 2].min() > 0.99
     # within the band (the gridding correction leaks a little beyond it), the mean aside (the padded
     # grid's lowest frequencies between the slices are never sampled), the map comes back to ~5 %
     from refinekit.cryoem.simulate import band_limit
@@ -143,18 +149,26 @@ def test_simulated_particles_reconstruct_from_true_poses():
     box = 24
     volume = textured(box, seed=6)
     sim = simulate_particles(volume, 6.0, 800, 1e6, seed=7)
-    data = ParticleTransforms(sim.images, sim.ctf, 6.0, box / 2 - 1, __import__(
-        "refinekit.cryoem.backend", fromlist=["NumpyBackend"]).NumpyBackend())
+    data = ParticleTransforms(
+        sim.images,
+        sim.ctf,
+        6.0,
+        box / 2 - 1,
+        __import__("refinekit.cryoem.backend", fromlist=["NumpyBackend"]).NumpyBackend(),
+    )
     halves = [np.arange(0, 800, 2), np.arange(1, 800, 2)]
     weights = np.ones(box // 2 + 1)
     bps = [backproject_particles(data, h, sim.rotations[h], sim.origins[h], weights) for h in halves]
-    rec = reconstruct_halves(bps[0], bps[1], 6.0, None)
+    rec = reconstruct_halves(bps[0], bps[1], 6.0)
     truth_fsc = fourier_shell_correlation(rec.full_map, sim.volume)
-    assert truth_fsc[1:box // 2 - 1].min() > 0.98
+    assert truth_fsc[1 : box // 2 - 1].min() > 0.98
     assert crossing_shell(rec.fsc.unmasked) >= box / 2 - 1.5  # the halves agree to Nyquist
     # shifted origins matter: the same images reconstructed with zero origins are worse
-    bad = [backproject_particles(data, h, sim.rotations[h], np.zeros_like(sim.origins[h]), weights) for h in halves]
-    rec_bad = reconstruct_halves(bad[0], bad[1], 6.0, None)
+    bad = [
+        backproject_particles(data, h, sim.rotations[h], np.zeros_like(sim.origins[h]), weights)
+        for h in halves
+    ]
+    rec_bad = reconstruct_halves(bad[0], bad[1], 6.0)
     assert fourier_shell_correlation(rec_bad.full_map, sim.volume)[box // 4] < truth_fsc[box // 4] - 0.1
 
 

@@ -138,8 +138,7 @@ def reconstruct_particles(
     if subsets is not None and set(np.unique(subsets).tolist()) == {1, 2}:
         halves = [np.flatnonzero(subsets == h) for h in (1, 2)]
         bps = [backproject_particles(data, idx, rotations[idx], origins[idx], weights, pad) for idx in halves]
-        first = reconstruct_halves(bps[0], bps[1], stack.pixel_size, None)
-        rec = reconstruct_halves(bps[0], bps[1], stack.pixel_size, first.fsc.unmasked)
+        rec = reconstruct_halves(bps[0], bps[1], stack.pixel_size)
         return rec.full_map, rec.half_maps, rec.fsc
     everything = np.arange(len(stack))
     bp = backproject_particles(data, everything, rotations, origins, weights, pad)
@@ -159,7 +158,8 @@ def write_refinement(
     inputs: Iterable[str | os.PathLike[str]] = (),
 ) -> dict[str, Path]:
     """Write the outputs of a refinement into ``outdir`` (created if needed; each file atomically, none
-    over an input): ``map.mrc``, ``half_map_1.mrc``, ``half_map_2.mrc``, ``mask.mrc``,
+    over an input): ``map.mrc`` (both halves, Wiener-filtered with the FSC), ``half_map_1.mrc``,
+    ``half_map_2.mrc`` (unfiltered: the FSC is measured on them), ``mask.mrc``,
     ``particles.star`` (RELION 3.1: angles, ``rlnOriginX/YAngst``, ``rlnRandomSubset``),
     ``fsc.csv`` and ``fsc.png`` (unmasked, masked, phase-randomised, corrected),
     ``iterations.json`` (the result with one record per iteration)."""
@@ -173,8 +173,9 @@ def write_refinement(
     state = result.x
     pixel = result.pixel_size
     write_map(paths["map.mrc"], state.full_map, pixel)
-    write_map(paths["half_map_1.mrc"], state.half_maps[0], pixel)
-    write_map(paths["half_map_2.mrc"], state.half_maps[1], pixel)
+    halves = state.raw_half_maps if state.raw_half_maps is not None else state.half_maps
+    write_map(paths["half_map_1.mrc"], halves[0], pixel)
+    write_map(paths["half_map_2.mrc"], halves[1], pixel)
     mask = state.mask if state.mask is not None else np.ones_like(state.full_map)
     write_map(paths["mask.mrc"], mask, pixel)
     if state.poses is not None:

@@ -582,6 +582,10 @@ def particles_star_blocks(
     """RELION 3.1 blocks (``optics``, ``particles``) for ``stack``, with poses and subsets replaced by
     the given ones; other particle columns are kept, image names re-pointed from ``star_dir``."""
     n = len(stack)
+    if len(stack.image_names) != n:
+        raise InputError(
+            "the particles were not read from image files, so a STAR file cannot name their images"
+        )
     pixel = stack.pixel_size
     keys = np.stack([stack.ctf.voltage, stack.ctf.cs, stack.ctf.amplitude_contrast], axis=1)
     unique, group_index = np.unique(np.round(keys, 6), axis=0, return_inverse=True)

@@ -29,13 +29,13 @@ def fourier_crop_images(images: np.ndarray, box: int, batch: int = 256) -> np.nd
     start = old // 2 - box // 2
     region = slice(start, start + box)
     for first in range(0, images.shape[0], batch):
-        chunk = np.asarray(images[first:first + batch], dtype=np.float64)
+        chunk = np.asarray(images[first : first + batch], dtype=np.float64)
         transform = np.fft.fftshift(np.fft.fft2(np.fft.ifftshift(chunk, axes=(-2, -1))), axes=(-2, -1))
         cropped = transform[:, region, region]
         # taking the real part keeps the Hermitian part of the cropped transform (for an even box, the
         # Nyquist row and column have no mates inside the crop)
         back = np.fft.fftshift(np.fft.ifft2(np.fft.ifftshift(cropped, axes=(-2, -1))), axes=(-2, -1)).real
-        out[first:first + batch] = back * (box / old) ** 2
+        out[first : first + batch] = back * (box / old) ** 2
     return out
 
 
@@ -47,5 +47,9 @@ def downsample_stack(stack: ParticleStack, box: int) -> ParticleStack:
     if box >= stack.box:
         return stack
     factor = stack.box / box
-    return replace(stack, images=fourier_crop_images(stack.images, box), pixel_size=stack.pixel_size * factor,
-                   origins=None if stack.origins is None else stack.origins / factor)
+    return replace(
+        stack,
+        images=fourier_crop_images(stack.images, box),
+        pixel_size=stack.pixel_size * factor,
+        origins=None if stack.origins is None else stack.origins / factor,
+    )

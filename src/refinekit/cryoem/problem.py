@@ -54,12 +54,17 @@ class RefineOptions:
     ``diameter`` (A) sets the soft circular mask on the particles and the spherical mask on the
     references (default 90 % of the box). ``initial_lowpass`` (A) is the resolution the starting
     reference is trusted to. ``global_order`` is the HEALPix order of the global search (2: about
-    15 degrees, with in-plane angles at the same step) and ``global_iterations`` how many iterations
-    search globally before the local searches take over. ``max_shift`` (pixels) bounds the global shift
-    search (default 10 % of the box). ``final_angle_step`` (degrees) is the finest local step (default
-    from the particle size and the resolution). The run stops when the 0.143 resolution has improved by
-    less than ``resolution_tolerance`` shells over the best so far, the median orientation change is
-    below ``angle_tolerance`` degrees and the median shift change below ``shift_tolerance`` pixels.
+    15 degrees, with in-plane angles at the same step); ``global_iterations`` iterations at least search
+    globally, more (up to ``max_global_iterations``) while each still improves the resolution, before
+    the local searches take over. ``global_candidates`` poses per particle from the global search are
+    refined locally and the best kept (None: 8 where the particles are ambiguous, their median best
+    score being within ``ambiguity_z`` noise standard deviations of what noise alone reaches on the
+    grid, 1 otherwise). ``max_shift`` (pixels) bounds the global shift search (default 10 % of the
+    box). ``final_angle_step`` (degrees) is the finest local step (default from the particle size and
+    the resolution). The run stops when the 0.143 resolution has improved by less than
+    ``resolution_tolerance`` shells over the best so far, the median orientation change is below
+    ``angle_tolerance`` degrees and the median shift change below ``shift_tolerance`` pixels, after at
+    least ``min_local_iterations`` local iterations.
     """
 
     max_iterations: int = 20
@@ -67,6 +72,7 @@ class RefineOptions:
     diameter: float | None = None
     global_order: int = 2
     global_iterations: int = 2
+    max_global_iterations: int = 5
     global_candidates: int | None = None
     max_shift: float | None = None
     final_angle_step: float | None = None
@@ -102,7 +108,11 @@ class RefineOptions:
 
 @dataclass
 class RefinementState:
-    """The model after ``iteration`` iterations (iteration 0: the starting reference, no poses)."""
+    """The model after ``iteration`` iterations (iteration 0: the starting reference, no poses).
+
+    ``half_maps`` are Wiener-filtered with the FSC (the next references); ``raw_half_maps`` are the same
+    with only the minimal regulariser (what the FSC is measured on, and what is written out).
+    """
 
     iteration: int
     poses: Poses | None
@@ -115,6 +125,7 @@ class RefinementState:
     mask: np.ndarray | None = None
     figures: dict[str, float] = field(default_factory=dict)
     best_crossing_before: float = 0.0
+    raw_half_maps: tuple[np.ndarray, np.ndarray] | None = None
 
 
 class ProjectionMatching(RefinementProblem):
@@ -208,7 +219,9 @@ class ProjectionMatching(RefinementProblem):
     # --------------------------------------------------------------------------- the stop rule
     def _stop_if_converged(self, state: RefinementState) -> None:
         opts = self.options
-        local_done = state.iteration - opts.global_iterations
+        local_done = sum(
+            1 for st in self.history if st.poses is not None and not st.figures.get("global_search")
+        )
         if state.poses is None or local_done < opts.min_local_iterations:
             return
         gain = state.crossing - state.best_crossing_before
@@ -258,7 +271,13 @@ class ProjectionMatching(RefinementProblem):
         be = self.backend
         it = state.iteration + 1
         tick = time.perf_counter()
-        is_global = it <= opts.global_iterations
+        # global searches go on past the minimum while they keep improving the resolution
+        improving = (
+            state.fsc is not None and state.crossing - state.best_crossing_before >= opts.resolution_tolerance
+        )
+        is_global = it <= opts.global_iterations or (
+            it <= opts.max_global_iterations and bool(state.figures.get("global_search")) and improving
+        )
         crossing = state.crossing
         r_max = min(crossing + 1.5, self.box / 2 - 0.5)
         final_step = self.final_angle_step(state.resolution)
@@ -301,7 +320,7 @@ class ProjectionMatching(RefinementProblem):
                     poses = poses.subset(np.arange(index.size) * 8)
                 if m > 1:
                     # every candidate through the coarse levels; the best of each particle goes on
-                    coarse = max(1, len(steps) - 2)
+                    coarse = min(2, max(1, len(steps) - 1))
                     trial = local_search(
                         volume,
                         self.data,
@@ -333,8 +352,7 @@ class ProjectionMatching(RefinementProblem):
             )
             for h, index in enumerate(self.halves)
         ]
-        previous_fsc = state.fsc.unmasked if state.fsc is not None else None
-        rec = reconstruct_halves(bps[0], bps[1], self.pixel_size, previous_fsc)
+        rec = reconstruct_halves(bps[0], bps[1], self.pixel_size)
         mask = solvent_mask(rec.full_map, self.pixel_size, lowpass_resolution=max(15.0, 3 * self.pixel_size))
         from .fsc import gold_standard_fsc
 
@@ -345,7 +363,7 @@ class ProjectionMatching(RefinementProblem):
         resolution = shell_to_resolution(new_crossing, self.box, self.pixel_size)
         noise = np.stack(
             [
-                self._noise_power(rec.half_maps[h], index, rotations[index], origins[index])
+                self._noise_power(rec.filtered_half_maps[h], index, rotations[index], origins[index])
                 for h, index in enumerate(self.halves)
             ]
         )
@@ -388,7 +406,8 @@ class ProjectionMatching(RefinementProblem):
         return RefinementState(
             iteration=it,
             poses=Poses(rotations, origins, scores),
-            half_maps=rec.half_maps,
+            half_maps=rec.filtered_half_maps,
+            raw_half_maps=rec.half_maps,
             full_map=rec.full_map,
             fsc=report,
             crossing=new_crossing,

@@ -71,11 +71,15 @@ def regularisation_from_fsc(
 
 @dataclass
 class Reconstruction:
-    """Half maps, the full map and their FSC (``fsc`` is None where there is only one half)."""
+    """The two half maps as reconstructed (``half_maps``, only the minimal regulariser: what the FSC is
+    measured on and post-processing starts from), the same Wiener-filtered with the FSC
+    (``filtered_half_maps``: the next references), the full map from both halves (Wiener-filtered), the
+    FSC and the full map's ``lambda`` per shell."""
 
-    half_maps: tuple[np.ndarray, np.ndarray] | None
+    half_maps: tuple[np.ndarray, np.ndarray]
+    filtered_half_maps: tuple[np.ndarray, np.ndarray]
     full_map: np.ndarray
-    fsc: FSCReport | None
+    fsc: FSCReport
     regularisation: np.ndarray
 
 
@@ -83,22 +87,30 @@ def reconstruct_halves(
     bp1: BackProjector,
     bp2: BackProjector,
     pixel_size: float,
-    previous_fsc: np.ndarray | None,
     mask: np.ndarray | None = None,
+    seed: int = 0,
 ) -> Reconstruction:
-    """Half maps regularised with ``previous_fsc`` (the last iteration's; None at the start), their FSC
-    (masked and corrected too when a ``mask`` is given), and the full map from both halves."""
+    """Half maps, their FSC (masked and phase-randomisation corrected too when a ``mask`` is given), the
+    half maps Wiener-filtered with that FSC, and the full map from both halves.
+
+    The FSC is measured on the half maps with the minimal regulariser: a Wiener filter that damps a shell
+    more where it has less signal would leave the masked FSC of the weak shells to be made of what the
+    mask spreads from the strong ones.
+    """
     # each half is regularised with its own data weight, so that nothing of one half's images reaches
     # the other's map (the FSC, shell by shell, is what the halves share: the signal-to-noise prior)
     weights = (bp1.weight_by_shell(), bp2.weight_by_shell())
-    half1 = bp1.reconstruct(regularisation_from_fsc(previous_fsc, weights[0]))
-    half2 = bp2.reconstruct(regularisation_from_fsc(previous_fsc, weights[1]))
-    report = gold_standard_fsc(half1, half2, pixel_size, mask)
+    raw = (
+        bp1.reconstruct(regularisation_from_fsc(None, weights[0])),
+        bp2.reconstruct(regularisation_from_fsc(None, weights[1])),
+    )
+    report = gold_standard_fsc(raw[0], raw[1], pixel_size, mask, seed=seed)
+    lam = [regularisation_from_fsc(report.unmasked, w) for w in weights]
+    filtered = (bp1.reconstruct(lam[0]), bp2.reconstruct(lam[1]))
     # the full map: lambda = 1 / (signal power), which does not depend on how much data there is
-    lam_full = 0.5 * (regularisation_from_fsc(report.unmasked, weights[0])
-                      + regularisation_from_fsc(report.unmasked, weights[1]))
+    lam_full = 0.5 * (lam[0] + lam[1])
     full = bp1.merged_with(bp2).reconstruct(lam_full)
-    return Reconstruction((half1, half2), full, report, lam_full)
+    return Reconstruction(raw, filtered, full, report, lam_full)
 
 
 def reconstruct_single(bp: BackProjector) -> np.ndarray:
