@@ -35,7 +35,8 @@ DEFAULT_MAX_ITER = {"ir": 20, "gmres-ir": 10, "double": 10}
 
 @dataclass
 class Attempt:
-    """One route tried: which, in what precision, how it ended, its cycles and its time."""
+    """One route tried: which, in what precision, how it ended, its cycles and the time of its
+    refinement loop (the factorization not included)."""
 
     path: str
     precision: str
