@@ -288,3 +288,12 @@ def test_result_json_contract():
     assert {"backward_error", "step"} <= set(data["history"][-1])
     result.to_json()  # JSON-safe (non-finite numbers become null)
     assert "error bound" in result.report(full=True)
+
+
+def test_without_bounds_a_numerically_singular_matrix_is_still_no_success():
+    a = with_condition(80, 1e18, seed=4)
+    result = solve(a, right_hand_side(a), error_bounds=False)
+    assert result.forward_error_bound is None and result.path == "double"
+    assert not result.success and any(alarm.kind == "ill_conditioned" for alarm in result.alarms)
+    easy = solve(with_condition(80, 1e3, seed=4), np.ones(80), error_bounds=False)
+    assert easy.success and easy.forward_error_bound is None

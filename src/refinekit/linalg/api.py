@@ -427,7 +427,12 @@ def _solve_system(system: Any, precision: str, tol: float, max_iter: int | None,
             alarms.append(Alarm("ill_conditioned", None, (
                 f"normwise forward-error bound {np.max(normwise):.2g} >= 1: no digit of x is certain "
                 f"(A is singular or nearly so to working precision)")))
-    elif corrector.route == "double" and hasattr(corrector.factors, "reciprocal_condition"):
+    elif (corrector.route == "double" and hasattr(corrector.factors, "reciprocal_condition")
+          and _largest_step(attempts) >= 1e-8):
+        # without bounds, LAPACK's condition estimate (about ten triangular solves) decides whether A
+        # is singular to working precision; it is skipped where the double LU's own correction was
+        # below 1e-8: the rounding noise in a residual excites every direction of A^-1, so kappa * u
+        # would have shown as a correction of order 1/sqrt(n) or more
         rcond = corrector.factors.reciprocal_condition(system.scaled_norm_inf())
         if rcond < DOUBLE_EPS:
             trusted = False
@@ -466,6 +471,11 @@ def _bounds(system: Any, x: Any, r: Any, corrector: Any) -> tuple[np.ndarray, np
         normwises.append(normwise)
         componentwises.append(componentwise)
     return np.concatenate(omegas), np.concatenate(normwises), np.concatenate(componentwises)
+
+
+def _largest_step(attempts: list[Attempt]) -> float:
+    steps = [r.step for r in attempts[-1].history if r.step is not None] if attempts else []
+    return max(steps, default=math.inf)
 
 
 def _good_start(best: tuple) -> bool:
