@@ -83,7 +83,7 @@ class StructureFactorCalculator:
     >>> hkl = np.array([[1, 0, 0], [0, 2, 1]], dtype=np.int32)
     >>> calc = StructureFactorCalculator(st.cell, st.find_spacegroup(), hkl, d_min=2.0, b_min=10.0)
     >>> fc = calc.atomic(st[0])
-    >>> exact = [st.cell.calculate_1_d2(gemmi.Miller(*h)) for h in hkl]  # 1/d^2
+    >>> exact = [st.cell.calculate_1_d2(h.tolist()) for h in hkl]  # 1/d^2
     >>> f0 = [gemmi.Element("C").it92.calculate_sf(s / 4) * np.exp(-10.0 * s / 4) for s in exact]
     >>> bool(np.allclose(np.abs(fc), f0, rtol=1e-3))
     True
