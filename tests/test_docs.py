@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from conftest import REPO
+from .conftest import REPO
 
 MODULES = [
     "refinekit.core.atomic", "refinekit.core.refiner", "refinekit.fit.api", "refinekit.fit.expression",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import make_stack, psnr
+from .conftest import make_stack, psnr
 from refinekit.focus.align import Aligner, FrameWarp, _to_full, _to_small
 from refinekit.focus.fusion import fuse
 
@@ -104,7 +104,7 @@ def test_warp_report() -> None:
 
 
 def test_pipeline_on_a_breathing_stack_keeps_fusion_and_depth() -> None:
-    from conftest import crop_rmse
+    from .conftest import crop_rmse
     from refinekit.focus import fuse_stack
 
     size, n = 160, 9

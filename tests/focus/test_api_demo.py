@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import make_stack, psnr
+from .conftest import make_stack, psnr
 from refinekit.core import InputError
 from refinekit.core.result import jsonable
 from refinekit.focus import ArrayStack, fuse_stack

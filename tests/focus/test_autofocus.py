@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import make_stack, texture
+from .conftest import make_stack, texture
 from refinekit.core import InputError
 from refinekit.focus.autofocus import autofocus, autofocus_stack
 from refinekit.focus.measures import METRICS, sharpness

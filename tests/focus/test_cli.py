@@ -12,7 +12,7 @@ import pytest
 import tifffile
 from typer.testing import CliRunner
 
-from conftest import Rendered, make_stack, psnr
+from .conftest import Rendered, make_stack, psnr
 from refinekit.cli import app
 
 runner = CliRunner()

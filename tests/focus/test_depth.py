@@ -7,7 +7,7 @@ import pytest
 import scipy.sparse as sparse
 import scipy.sparse.linalg as sparse_linalg
 
-from conftest import Rendered, crop_rmse, make_stack
+from .conftest import Rendered, crop_rmse, make_stack
 from refinekit.core import InputError, refine
 from refinekit.focus.defocus import BlurTable
 from refinekit.focus.depth import (

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import Rendered, make_stack, psnr
+from .conftest import Rendered, make_stack, psnr
 from refinekit.focus.fusion import PyramidFusion, collapse_pyramid, fuse, laplacian_pyramid
 from refinekit.focus.render import render_stack
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from conftest import crop_rmse, make_stack, psnr
+from .conftest import crop_rmse, make_stack, psnr
 from refinekit.focus.api import fuse_stack, sort_frames
 from refinekit.focus.io import read_stack
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from conftest import texture
+from .conftest import texture
 from refinekit.focus.defocus import BlurTable, blur, disk_otf, radius_grid
 from refinekit.focus.render import render_stack, smooth_surface
 

@@ -9,7 +9,7 @@ import pytest
 import scipy.io
 import scipy.linalg
 
-from conftest import SHARED_DATA
+from ..conftest import SHARED_DATA
 
 LINALG_DATA = SHARED_DATA / "linalg"
 REAL_MATRICES = ("1138_bus", "adder_dcop_05", "fs_183_6", "hangGlider_2", "mahindas", "nnc1374", "rajat19",

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from linalg_helpers import (
+from .linalg_helpers import (
     REAL_MATRICES,
     U,
     forward_errors,

@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 import scipy.sparse as sp
-from linalg_helpers import U, forward_errors, load_real, reference_solution, right_hand_side, with_condition
+from .linalg_helpers import U, forward_errors, load_real, reference_solution, right_hand_side, with_condition
 
 from refinekit.core import InputError, Status, StopRefinement, refine
 from refinekit.linalg import SingularMatrixError, solve

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import scipy.io
-from linalg_helpers import U, forward_errors, real_matrix_path, reference_solution
+from .linalg_helpers import U, forward_errors, real_matrix_path, reference_solution
 from typer.testing import CliRunner
 
 from refinekit.cli import app

@@ -10,7 +10,7 @@ import os
 
 import numpy as np
 import pytest
-from linalg_helpers import U, forward_errors, load_real, reference_solution, right_hand_side, with_condition
+from .linalg_helpers import U, forward_errors, load_real, reference_solution, right_hand_side, with_condition
 
 from refinekit.linalg import solve
 
