@@ -149,18 +149,36 @@ def _ml_terms(fo: np.ndarray, fc: np.ndarray, d: np.ndarray, var: np.ndarray, ce
     return value, d_fc, curvature
 
 
+#: with at least this many free reflections, sigma-A is estimated from them (cross-validated, as Read
+#: recommends and REFMAC does): then D and S measure the model's error honestly, and the X-ray term is
+#: not made more confident by the very fit it drives
+MIN_FREE_FOR_SIGMAA = 500
+
+
 class MaximumLikelihood:
-    """Twice the negative log-likelihood of the working amplitudes (sigma-A, Rice/Woolfson)."""
+    """Twice the negative log-likelihood of the working amplitudes (sigma-A, Rice/Woolfson).
+
+    ``estimate_on``: where D and S are fitted: ``"free"``, ``"work"``, or ``"auto"`` (the free set
+    where it has at least :data:`MIN_FREE_FOR_SIGMAA` reflections).
+    """
 
     name = "ml"
 
-    def __init__(self, data: ReflectionData) -> None:
+    def __init__(self, data: ReflectionData, *, estimate_on: str = "auto") -> None:
         self.data = data
-        self.sigmaa = SigmaA(data)
+        if estimate_on == "auto":
+            estimate_on = "free" if np.count_nonzero(data.free) >= MIN_FREE_FOR_SIGMAA else "work"
+        self.estimate_on = estimate_on
+        if estimate_on == "free":
+            n_free = int(np.count_nonzero(data.free))
+            self.sigmaa = SigmaA(data, n_per_bin=max(1, 10 * len(data) // max(n_free, 1)), max_bins=10)
+        else:
+            self.sigmaa = SigmaA(data)
 
     def prepare(self, fm_abs: np.ndarray) -> None:
-        """Refit D and S to the working set for this model (once per cycle)."""
-        self.sigmaa.fit(fm_abs, self.data.work)
+        """Refit D and S for this model (once per cycle), to the working or the free set."""
+        use = self.data.free if self.estimate_on == "free" else self.data.work
+        self.sigmaa.fit(fm_abs, use)
 
     def terms(self, fm_abs: np.ndarray, mask: np.ndarray) -> TargetTerms:
         data = self.data
