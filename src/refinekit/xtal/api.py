@@ -164,6 +164,11 @@ class RefinementJob:
                 if self.twin_law is not None else None)
         problem = XtalRefinementProblem(model, self.data, target=self.target, weight=weight,
                                         adp_weight=self.adp_weight, twin=twin)
+        calibrated = [p for p in self.problems.values() if p._calibrated]
+        if calibrated:
+            # the Fisher's shortfall is the X-ray target's, whatever the weight: measured once per job
+            problem.curvature_factor = calibrated[0].curvature_factor.copy()
+            problem._calibrated = True
         self.problems[weight] = problem
         return problem
 
