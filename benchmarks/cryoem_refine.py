@@ -77,6 +77,7 @@ def main() -> None:
     parser.add_argument("--max-iterations", type=int, default=20)
     parser.add_argument("--candidates", type=int, default=None, help="global candidates refined per particle")
     parser.add_argument("--global-order", type=int, default=None)
+    parser.add_argument("--global-iterations", type=int, default=None)
     parser.add_argument("--map", type=Path, default=RIBOSOME)
     parser.add_argument("--out", type=Path, default=None, help="folder for summary.json and figures")
     args = parser.parse_args()
@@ -93,6 +94,9 @@ def main() -> None:
         options.global_candidates = args.candidates
     if args.global_order is not None:
         options.global_order = args.global_order
+    if args.global_iterations is not None:
+        options.global_iterations = args.global_iterations
+        options.max_global_iterations = max(options.max_global_iterations, args.global_iterations)
     t0 = time.perf_counter()
     result = refine_particles(stack_from_simulation(sim), start, options, log=print)
     seconds = time.perf_counter() - t0

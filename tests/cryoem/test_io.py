@@ -5,11 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from .conftest import write_stack_and_star
 from refinekit.core import InputError
 from refinekit.cryoem import euler_to_matrix, read_map, read_particles, reconstruct_particles, write_map
 from refinekit.cryoem.io import particles_star_blocks, write_star
 from refinekit.cryoem.preprocess import downsample_stack
+
+from .conftest import write_stack_and_star
 
 
 def particles_dir(shared_data):

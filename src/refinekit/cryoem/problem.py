@@ -46,6 +46,9 @@ from .io import ParticleStack
 from .reconstruct import backproject_particles, reconstruct_halves
 from .search import ParticleTransforms, Poses, global_search, local_search, shift_grid
 
+#: Global candidates per particle refined locally where the particles are ambiguous.
+AMBIGUOUS_CANDIDATES = 16
+
 
 @dataclass
 class RefineOptions:
@@ -57,9 +60,10 @@ class RefineOptions:
     15 degrees, with in-plane angles at the same step); ``global_iterations`` iterations at least search
     globally, more (up to ``max_global_iterations``) while each still improves the resolution, before
     the local searches take over. ``global_candidates`` poses per particle from the global search are
-    refined locally and the best kept (None: 8 where the particles are ambiguous, their median best
+    refined locally and the best kept (None: 16 where the particles are ambiguous, their median best
     score being within ``ambiguity_z`` noise standard deviations of what noise alone reaches on the
-    grid, 1 otherwise). ``max_shift`` (pixels) bounds the global shift search (default 10 % of the
+    grid, 1 otherwise; ambiguous particles also keep the global search going up to
+    ``max_global_iterations``). ``max_shift`` (pixels) bounds the global shift search (default 10 % of the
     box). ``final_angle_step`` (degrees) is the finest local step (default from the particle size and
     the resolution). The run stops when the 0.143 resolution has improved by less than
     ``resolution_tolerance`` shells over the best so far, the median orientation change is below
@@ -275,8 +279,12 @@ class ProjectionMatching(RefinementProblem):
         improving = (
             state.fsc is not None and state.crossing - state.best_crossing_before >= opts.resolution_tolerance
         )
+        # ... and, where the particles are ambiguous, as long as allowed: a local search cannot leave a
+        # wrong basin, and each better reference lets the global search put more particles right
         is_global = it <= opts.global_iterations or (
-            it <= opts.max_global_iterations and bool(state.figures.get("global_search")) and improving
+            it <= opts.max_global_iterations
+            and bool(state.figures.get("global_search"))
+            and (improving or bool(state.figures.get("ambiguous")))
         )
         crossing = state.crossing
         r_max = min(crossing + 1.5, self.box / 2 - 0.5)
@@ -287,6 +295,7 @@ class ProjectionMatching(RefinementProblem):
         scores = np.empty(n)
         weights = 1.0 / state.noise_power if opts.whiten else np.ones_like(state.noise_power)
         z_values: list[np.ndarray] = []
+        ambiguous_halves: list[bool] = []
         candidates_used: list[int] = []
         for h, index in enumerate(self.halves):
             volume = FourierVolume(self.reference_for(state, h, crossing), opts.pad, be)
@@ -297,7 +306,7 @@ class ProjectionMatching(RefinementProblem):
                 steps, shifts = self._local_schedule(
                     healpix_step(opts.global_order) / 2, final_step, shift_step / 2
                 )
-                m = opts.global_candidates or 8
+                m = opts.global_candidates or AMBIGUOUS_CANDIDATES
                 poses = global_search(
                     volume,
                     self.data,
@@ -315,12 +324,13 @@ class ProjectionMatching(RefinementProblem):
                     np.sqrt(2 * np.log(len(self.grid) * len(shift_grid(self.max_shift, shift_step))))
                 )
                 ambiguous = float(np.median(z)) < null_max + opts.ambiguity_z
+                ambiguous_halves.append(ambiguous)
                 if opts.global_candidates is None and not ambiguous:
                     m = 1
-                    poses = poses.subset(np.arange(index.size) * 8)
+                    poses = poses.subset(np.arange(index.size) * AMBIGUOUS_CANDIDATES)
                 if m > 1:
                     # every candidate through the coarse levels; the best of each particle goes on
-                    coarse = min(2, max(1, len(steps) - 1))
+                    coarse = min(3, max(1, len(steps) - 2))
                     trial = local_search(
                         volume,
                         self.data,
@@ -375,6 +385,7 @@ class ProjectionMatching(RefinementProblem):
             "resolution_corrected_a": report.resolution("corrected"),
             "global_search": float(is_global),
             "global_candidates": float(max(candidates_used)) if candidates_used else 0.0,
+            "ambiguous": float(any(ambiguous_halves)),
             "median_best_z": float(np.median(np.concatenate(z_values))) if z_values else float("nan"),
             "finest_angle_step_deg": final_step,
             "mean_score": float(np.mean(scores / norm_of(self.data, r_max, weights, self.halves))),

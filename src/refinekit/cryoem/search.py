@@ -172,15 +172,16 @@ def global_search(
         zi = yr[:, None, :] * sin_t[None] + yi[:, None, :] * cos_t[None]
         cross = be.concatenate([zr, zi], axis=2).reshape(b * n_shift, 2 * count) @ proj_cat_t
         norm = be.sqrt(be.maximum(wc2 @ power_t, 1e-30))  # (b, J)
-        score = cross.reshape(b, n_shift, n_rot) / norm[:, None, :]
-        # each orientation at its best shift, then the best orientations, then their shifts
-        per_rot = be.max(score, 1)  # (b, J)
+        cross = cross.reshape(b, n_shift, n_rot)
+        # the norm does not depend on the shift: maximise the cross term over shifts first, so that
+        # the (b, T, J) block is read once (on a GPU this is what the search's speed is bound by)
+        per_rot = be.max(cross, 1) / norm  # (b, J)
         if m == 1:
             rot, value = be.argmax_max(per_rot, 1)
             rot, value = rot[:, None], value[:, None]
         else:
             rot, value = be.topk(per_rot, m)
-        shift, _ = be.argmax_max(be.take_last(score, rot), 1)  # (b, m)
+        shift, _ = be.argmax_max(be.take_last(cross, rot), 1)  # (b, m)
         best_rot[start : start + b] = be.to_numpy(rot)
         best_shift[start : start + b] = be.to_numpy(shift)
         best_score[start : start + b] = be.to_numpy(value)
