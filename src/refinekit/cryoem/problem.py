@@ -35,6 +35,7 @@ from .fourier import FourierVolume
 from .fsc import (
     FSCReport,
     crossing_shell,
+    gold_standard_fsc,
     lowpass,
     resolution_to_shell,
     shell_to_resolution,
@@ -44,7 +45,15 @@ from .fsc import (
 from .geometry import angular_distance, healpix_step, orientation_grid
 from .io import ParticleStack
 from .reconstruct import backproject_particles, reconstruct_halves
-from .search import ParticleTransforms, Poses, global_search, local_search, shift_grid
+from .search import (
+    ParticleTransforms,
+    Poses,
+    global_search,
+    local_search,
+    norm_of_particles,
+    phase_parts,
+    shift_grid,
+)
 
 #: Global candidates per particle refined locally where the particles are ambiguous.
 AMBIGUOUS_CANDIDATES = 16
@@ -364,8 +373,6 @@ class ProjectionMatching(RefinementProblem):
         ]
         rec = reconstruct_halves(bps[0], bps[1], self.pixel_size)
         mask = solvent_mask(rec.full_map, self.pixel_size, lowpass_resolution=max(15.0, 3 * self.pixel_size))
-        from .fsc import gold_standard_fsc
-
         report = gold_standard_fsc(
             rec.half_maps[0], rec.half_maps[1], self.pixel_size, mask, seed=opts.seed + it
         )
@@ -461,14 +468,14 @@ class ProjectionMatching(RefinementProblem):
         cross_sum = 0.0
         power_sum = 0.0
         residual_parts = []
-        from .search import _phases
-
         for start in range(0, index.size, 256):
             sel_np = index[start : start + 256]
             sel = be.asarray(sel_np, "int64")
             proj = volume.slices(rotations[start : start + 256], points)
             model = proj * data.ctf[sel]
-            cos_t, sin_t = _phases(be, be.asarray(origins[start : start + 256], "float32"), kx, ky, data.box)
+            cos_t, sin_t = phase_parts(
+                be, be.asarray(origins[start : start + 256], "float32"), kx, ky, data.box
+            )
             x = data.masked[sel]
             xr = x.real * cos_t - x.imag * sin_t
             xi = x.real * sin_t + x.imag * cos_t
@@ -492,13 +499,10 @@ def norm_of(
     data: ParticleTransforms, r_max: float, weights: np.ndarray, halves: list[np.ndarray]
 ) -> np.ndarray:
     """Per-particle ``sqrt(sum w |X|^2)`` over the compared band (turns scores into correlations)."""
-    from .search import norm_of_particles
-
     be = data.backend
     count = data.limit(r_max)
     out = np.empty(data.n)
     for h, index in enumerate(halves):
         w = be.asarray((weights[h] / np.mean(weights[h]))[data.points.shell], "float32")
-        norms = norm_of_particles(data, count, w)
-        out[index] = norms[index]
+        out[index] = norm_of_particles(data, count, w, index)
     return out

@@ -18,7 +18,7 @@ import numpy as np
 from .backend import Backend, NumpyBackend
 from .fourier import BackProjector
 from .fsc import FSCReport, gold_standard_fsc
-from .search import ParticleTransforms, _phases
+from .search import ParticleTransforms, phase_parts
 
 #: lambda / mean(W) where nothing is known of the signal: a 5 % shrinkage where the data are average.
 MINIMAL_REGULARISATION = 0.05
@@ -45,7 +45,9 @@ def backproject_particles(
         sel = be.asarray(sel_np, "int64")
         x = data.unmasked[sel]
         c = data.ctf[sel] * w[None]
-        cos_t, sin_t = _phases(be, be.asarray(origins[start : start + batch], "float32"), kx, ky, data.box)
+        cos_t, sin_t = phase_parts(
+            be, be.asarray(origins[start : start + batch], "float32"), kx, ky, data.box
+        )
         xr = x.real * cos_t - x.imag * sin_t
         xi = x.real * sin_t + x.imag * cos_t
         values = be.complex(c * xr, c * xi)

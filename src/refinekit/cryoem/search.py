@@ -102,7 +102,7 @@ class ParticleTransforms:
         return FourierPoints(p.box, p.kx[:count], p.ky[:count], p.flat[:count], p.shell[:count])
 
 
-def _phases(be: Backend, origins: Array, kx: Array, ky: Array, box: int) -> tuple[Array, Array]:
+def phase_parts(be: Backend, origins: Array, kx: Array, ky: Array, box: int) -> tuple[Array, Array]:
     """cos and sin of ``-2 pi k.o / box`` for origins ``(..., 2)``: shape ``(..., K)``."""
     angle = (origins[..., 0:1] * kx + origins[..., 1:2] * ky) * float(-2 * np.pi / box)
     return be.cos(angle), be.sin(angle)
@@ -118,12 +118,15 @@ def _weighted(
     return wc * x.real, wc * x.imag, wc * c
 
 
-def norm_of_particles(data: ParticleTransforms, count: int, weights: Array) -> np.ndarray:
-    """``sqrt(sum_k w_k |X_ik|^2)`` per particle: divides a score into a correlation coefficient."""
+def norm_of_particles(data: ParticleTransforms, count: int, weights: Array, index: np.ndarray) -> np.ndarray:
+    """``sqrt(sum_k w_k |X_ik|^2)`` for particles ``index``: divides a score into a correlation."""
     be = data.backend
-    x = data.masked[:, :count]
-    power = (x.real * x.real + x.imag * x.imag) * weights[None, :count]
-    return np.sqrt(np.maximum(be.to_numpy(power.sum(1)).astype(np.float64), 1e-30))
+    out = np.empty(index.size)
+    for start in range(0, index.size, 1024):
+        x = data.masked[be.asarray(index[start : start + 1024], "int64"), :count]
+        power = (x.real * x.real + x.imag * x.imag) * weights[None, :count]
+        out[start : start + 1024] = be.to_numpy(power.sum(1)).astype(np.float64)
+    return np.sqrt(np.maximum(out, 1e-30))
 
 
 def shift_grid(max_shift: float, step: float) -> np.ndarray:
@@ -157,7 +160,7 @@ def global_search(
     proj_cat_t = be.concatenate([proj.real, proj.imag], axis=1).T  # (2K, J)
     power_t = (proj.real * proj.real + proj.imag * proj.imag).T  # (K, J)
     kx, ky = be.asarray(points.kx, "float32"), be.asarray(points.ky, "float32")
-    cos_t, sin_t = _phases(be, be.asarray(origins, "float32"), kx, ky, data.box)  # (T, K)
+    cos_t, sin_t = phase_parts(be, be.asarray(origins, "float32"), kx, ky, data.box)  # (T, K)
     n_rot, n_shift = grid.shape[0], origins.shape[0]
     m = max(1, min(int(candidates), n_rot))
     batch = max(1, max_elements // (n_rot * n_shift))
@@ -335,7 +338,7 @@ def _score_neighbourhood(
     candidates = perturb[None] @ rotations[:, None]  # (b, 27, 3, 3)
     proj = volume.slices(candidates.reshape(-1, 3, 3), points).reshape(b, perturb.shape[0], count)
     trial_origins = be.asarray(origins[:, None, :] + shifts[None], "float32")  # (b, 9, 2)
-    cos_t, sin_t = _phases(be, trial_origins, kx, ky, data.box)  # (b, 9, K)
+    cos_t, sin_t = phase_parts(be, trial_origins, kx, ky, data.box)  # (b, 9, K)
     yr, yi, wc2 = _weighted(data, sel, count, w)
     zr = yr[:, None, :] * cos_t - yi[:, None, :] * sin_t
     zi = yr[:, None, :] * sin_t + yi[:, None, :] * cos_t
