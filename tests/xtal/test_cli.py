@@ -140,3 +140,21 @@ def test_bad_options_are_refused(bundled, tmp_path):
     assert "--target" in _one_line_error(runner.invoke(app, [*base, "--target", "xx"]))
     assert "--weight" in _one_line_error(runner.invoke(app, [*base, "--weight", "-1"]))
     assert "twin law" in _one_line_error(runner.invoke(app, [*base, "--twin", "nonsense"]))
+
+
+def test_a_free_set_made_here_is_written_to_the_output_mtz(bundled, tmp_path):
+    doc = gemmi.cif.read(str(bundled / "r5wkdsf.ent"))
+    mtz = gemmi.CifToMtz().convert_block_to_mtz(gemmi.as_refln_blocks(doc)[0])
+    mtz.remove_column(mtz.column_with_label("FreeR_flag").idx)
+    data = tmp_path / "noflags.mtz"
+    mtz.write_to_file(str(data))
+    out = tmp_path / "out"
+    res = runner.invoke(app, ["xtal", "refine", str(bundled / "5wkd.pdb"), str(data), "-o", str(out),
+                              "--cycles", "1", "--weight", "2", "--seed", "3", "--json"])
+    assert res.exit_code == 0, res.stderr
+    result = json.loads(res.stdout)
+    assert result["free_set"]["source"] == "made"
+    assert any(a["kind"] == "free_set_made" for a in result["alarms"])
+    flags = gemmi.read_mtz_file(str(out / "5wkd_refined.mtz")).column_with_label("FreeR_flag").array
+    assert set(np.unique(flags).astype(int)) == set(range(20))          # CCP4 convention, 0 free
+    assert abs(np.mean(flags == 0) - 0.05) < 0.03
