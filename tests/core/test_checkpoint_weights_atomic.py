@@ -126,3 +126,53 @@ def test_atomic_write_leaves_the_old_file_when_writing_fails(tmp_path):
     assert target.read_text() == "old" and list(tmp_path.iterdir()) == [target]
     atomic_write_text(target, "new")
     assert target.read_text() == "new"
+
+
+def test_a_finished_run_continues_to_the_same_end_as_one_longer_run():
+    from refinekit.fit.problem import CurveFitProblem  # a realistic problem with its own state
+
+    t, y = _decay_data()
+
+    def model(v):
+        return v[0] * np.exp(-v[1] * t) + v[2] * np.exp(-v[3] * t)
+
+    def jac(v):
+        e1, e2 = np.exp(-v[1] * t), np.exp(-v[3] * t)
+        return np.column_stack([e1, -v[0] * t * e1, e2, -v[2] * t * e2])
+
+    work = np.ones(t.size, bool)
+    work[::10] = False
+
+    def problem():
+        return CurveFitProblem(model, jac, y, np.array([1.0, 0.1, 1.0, 5.0]), work=work, free=~work)
+
+    long = refine(problem(), max_cycles=12, xtol=0)
+    p = problem()
+    short = refine(p, max_cycles=5, xtol=0)
+    continued = refine(p, max_cycles=12, xtol=0, resume_from=short)
+    assert continued.n_cycles == long.n_cycles > 5 and continued.status is long.status
+    assert [(a.kind, a.cycle) for a in continued.alarms] == [(a.kind, a.cycle) for a in long.alarms]
+    assert np.array_equal(continued.x, long.x)
+    assert [r.free for r in continued.history] == [r.free for r in long.history]
+    assert continued.best_cycle == long.best_cycle and np.array_equal(continued.x_best, long.x_best)
+
+
+def test_choose_weight_without_golden_steps_runs_only_the_grid():
+    calls = []
+
+    class Flat(RefinementProblem):
+        def __init__(self, w):
+            calls.append(w)
+            self.w = w
+
+        def initial(self):
+            return np.zeros(1)
+
+        def check(self, x):
+            return Scores(work=1.0, free=(np.log(self.w) - 1.0) ** 2)
+
+        def correct(self, x, scores):
+            return np.zeros(1)
+
+    choice = choose_weight(Flat, bounds=(1e-2, 1e2), n_grid=5, n_golden=0, max_cycles=1)
+    assert len(calls) == 5 and len(choice.trials) == 5

@@ -92,21 +92,26 @@ class Refiner:
         self.checkpoint_every = max(1, int(checkpoint_every))
 
     # ------------------------------------------------------------------------------------ run
-    def run(self, resume_from: str | os.PathLike[str] | None = None) -> RefinementResult:
+    def run(self, resume_from: str | os.PathLike[str] | RefinementResult | None = None) -> RefinementResult:
+        """Run the loop from the problem's initial model, or continue a run: from a checkpoint file, or
+        from a finished result of the same problem (its last model is checked again as the same
+        cycle, with the monitor replayed over the cycles before, so that it counts the cycles already
+        run; the problem's own state is taken as it is)."""
         problem = self.problem
         step_size = getattr(problem, "step_size", relative_norm)
         is_finite = getattr(problem, "is_finite", None)
         restraints = getattr(problem, "restraints", ()) or ()
 
         if resume_from is not None:
-            state = load_checkpoint(resume_from)
+            state = (self._continuation(resume_from) if isinstance(resume_from, RefinementResult)
+                     else load_checkpoint(resume_from))
             x, cycle = state["x"], state["cycle"]
             history: list[CycleRecord] = state["history"]
             alarms: list[Alarm] = state["alarms"]
             best_x, lowest_work = state["best_x"], state["lowest_work"]
             last_step, prev_step = state["last_step"], state["prev_step"]
             self.monitor.load_state_dict(state["monitor"])
-            if hasattr(problem, "load_state_dict"):
+            if hasattr(problem, "load_state_dict") and state["problem"] is not None:
                 problem.load_state_dict(state["problem"])
         else:
             self.monitor.reset()
@@ -192,11 +197,28 @@ class Refiner:
             message += f"; kept the model of cycle {kept_cycle}"
         result = RefinementResult(
             x=returned, status=status, message=message, n_cycles=cycle, history=history,
-            best_cycle=best_cycle, kept_cycle=kept_cycle, alarms=alarms, x_last=x,
+            best_cycle=best_cycle, kept_cycle=kept_cycle, alarms=alarms, x_last=x, x_best=best_x,
         )
         for cb in self.callbacks:
             cb.on_end(result)
         return result
+
+    def _continuation(self, result: RefinementResult) -> dict[str, Any]:
+        """The state just before ``result``'s last check, rebuilt from its history."""
+        before = result.history[:-1]
+        monitor = OverfitMonitor(self.monitor.patience, self.monitor.min_delta, self.monitor.rel_delta)
+        for record in before:
+            monitor.update(record.cycle, record.work, record.free)
+        last = result.history[-1]
+        # the best model before the last cycle; if the last cycle was the best, its re-check makes it so
+        best_x = result.x_best if result.best_cycle < last.cycle else result.x_last
+        return {
+            "x": result.x_last, "cycle": last.cycle, "history": list(before),
+            "alarms": [a for a in result.alarms if a.cycle is not None and a.cycle < last.cycle],
+            "best_x": best_x, "lowest_work": min((r.work for r in before), default=math.inf),
+            "last_step": last.step, "prev_step": before[-1].step if before else None,
+            "monitor": monitor.state_dict(), "problem": None,
+        }
 
     # ---------------------------------------------------------------------------- stop rules
     def _stop_rule(

@@ -66,7 +66,8 @@ class RefinementResult:
     ``best_cycle`` is the cycle with the lowest free score (work score without a free set). ``x`` is
     the returned model, that of ``kept_cycle``: the best cycle where the overfitting alarm fired or the
     run broke down (and keep-best is on), otherwise the last cycle. ``x_last`` is always the last model
-    reached. ``figures`` holds extra domain figures of the returned model; a domain may add to it.
+    reached, ``x_best`` the model of ``best_cycle``. ``figures`` holds extra domain figures of the
+    returned model; a domain may add to it.
     """
 
     x: Any
@@ -78,6 +79,7 @@ class RefinementResult:
     kept_cycle: int = -1
     alarms: list[Alarm] = field(default_factory=list)
     x_last: Any = None
+    x_best: Any = None
     figures: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

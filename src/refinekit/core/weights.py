@@ -62,6 +62,7 @@ def choose_weight(
 ) -> WeightChoice:
     """Pick the weight ``w`` for which ``refine(make_problem(w))`` reaches the lowest free score.
 
+    ``n_golden`` golden-section steps refine the best grid point (``n_golden=0``: the grid alone).
     ``make_problem(w)`` builds a problem whose restraint (or data) weight is ``w``; what ``w`` weighs
     is the problem's business. Each trial runs at most ``max_cycles`` cycles. With ``max_deviation``,
     trials whose final figures exceed a bound are infeasible; if none is feasible the weight with the
@@ -104,8 +105,8 @@ def choose_weight(
     a, b = grid[max(i - 1, 0)], grid[min(i + 1, n_grid - 1)]
     ratio = (math.sqrt(5) - 1) / 2
     c, d = b - ratio * (b - a), a + ratio * (b - a)
-    fc, fd = trial(c), trial(d)
-    for _ in range(n_golden):
+    fc, fd = (trial(c), trial(d)) if n_golden > 0 else (math.inf, math.inf)
+    for _ in range(max(0, n_golden - 1)):
         if fc <= fd:
             b, d, fd = d, c, fc
             c = b - ratio * (b - a)

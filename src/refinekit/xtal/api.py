@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,15 +16,11 @@ import numpy as np
 
 from ..core import (
     Alarm,
-    Callback,
-    CycleRecord,
     InputError,
-    OverfitMonitor,
     RefinementResult,
     Refiner,
     atomic_write_text,
     choose_weight,
-    save_checkpoint,
 )
 from ..core.result import _fmt, jsonable
 from .io import (
@@ -53,7 +48,7 @@ from .twin import TwinModel
 #: the weight scan: X-ray weights tried (the two bounds and two golden-section points between them, on a
 #: log scale), cycles per trial, and the geometry the chosen trial must keep
 WEIGHT_BOUNDS = (1.5, 12.0)
-WEIGHT_GRID = 2
+WEIGHT_GRID = 2  # the bounds, then one golden-section pair between them: 1.5, 5.5, 8.0, 12
 WEIGHT_TRIAL_CYCLES = 2
 MAX_DEVIATION = {"bond_rmsd": 0.02, "angle_rmsd": 2.5}
 #: R_free must rise by more than this (and stay up for `patience` cycles) to raise the alarm: smaller
@@ -192,21 +187,16 @@ class RefinementJob:
         choice_dict = None
         if weight is None and cycles > 0:
             trial_cycles = min(WEIGHT_TRIAL_CYCLES, cycles)
-            tracker = _BestModels()
-            choice = choose_weight(self.make_problem, bounds=WEIGHT_BOUNDS, n_grid=WEIGHT_GRID, n_golden=0,
+            choice = choose_weight(self.make_problem, bounds=WEIGHT_BOUNDS, n_grid=WEIGHT_GRID, n_golden=1,
                                    max_deviation=MAX_DEVIATION, max_cycles=trial_cycles,
-                                   stop_on_overfit=False, callbacks=[tracker], **options)
+                                   stop_on_overfit=False, **options)
             weight = choice.weight
             choice_dict = choice.to_dict()
             problem = self.problems[weight]
             refiner = Refiner(problem, max_cycles=cycles, stop_on_overfit=stop_on_overfit,
                               callbacks=callbacks, **options)
-            trial = choice.results[weight]
-            with tempfile.TemporaryDirectory(prefix="refinekit-xtal-") as tmp:
-                # the chosen trial goes on where it stopped: its cycles are the run's first cycles
-                ckpt = Path(tmp) / "trial.ckpt"
-                save_checkpoint(ckpt, _continuation_state(trial, patience, tracker.best_x(problem)))
-                result = refiner.run(resume_from=ckpt)
+            # the chosen trial goes on where it stopped: its cycles are the run's first cycles
+            result = refiner.run(resume_from=choice.results[weight])
         else:
             weight = 1.0 if weight is None else float(weight)
             problem = self.make_problem(weight)
@@ -253,45 +243,6 @@ class RefinementJob:
         if problem.scale is not None:
             out.figures["scale"] = problem.scale.to_dict()
         return out
-
-
-class _BestModels(Callback):
-    """Remembers, for every trial refinement, the model of its lowest free score so far."""
-
-    def __init__(self) -> None:
-        self.current: Any = None
-        self.models: dict[int, tuple[float, np.ndarray]] = {}
-
-    def on_start(self, problem: Any, max_cycles: int) -> None:
-        self.current = problem
-
-    def on_cycle(self, record: CycleRecord, model: Any) -> bool | None:
-        key = id(self.current)
-        free = record.free if record.free is not None else record.work
-        if key not in self.models or free < self.models[key][0]:
-            self.models[key] = (free, np.array(model, copy=True))
-        return None
-
-    def best_x(self, problem: Any) -> np.ndarray | None:
-        entry = self.models.get(id(problem))
-        return None if entry is None else entry[1]
-
-
-def _continuation_state(trial: RefinementResult, patience: int, best_x: np.ndarray | None) -> dict[str, Any]:
-    """The engine's checkpoint state from which a finished trial continues: its last model, to be
-    checked again as the same cycle, with the overfitting monitor replayed over the cycles before."""
-    history = trial.history[:-1]
-    monitor = OverfitMonitor(patience, OVERFIT_MIN_DELTA, 1e-3)
-    for record in history:
-        monitor.update(record.cycle, record.work, record.free)
-    if best_x is None:
-        best_x = trial.x_last
-    last = trial.history[-1]
-    prev = trial.history[-2] if len(trial.history) > 1 else None
-    return {"x": trial.x_last, "cycle": last.cycle, "history": history, "alarms": [],
-            "best_x": best_x, "lowest_work": min((r.work for r in history), default=math.inf),
-            "last_step": last.step, "prev_step": prev.step if prev is not None else None,
-            "monitor": monitor.state_dict(), "problem": {}}
 
 
 def prepare_refinement(model_path: str | os.PathLike[str], data_path: str | os.PathLike[str],
