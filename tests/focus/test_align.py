@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from .conftest import make_stack, psnr
 from refinekit.focus.align import Aligner, FrameWarp, _to_full, _to_small
 from refinekit.focus.fusion import fuse
+
+from .conftest import make_stack, psnr
 
 
 def _breathing(scale: float, shift: tuple[float, float], size: int, angle_deg: float = 0.0) -> np.ndarray:
@@ -104,8 +105,9 @@ def test_warp_report() -> None:
 
 
 def test_pipeline_on_a_breathing_stack_keeps_fusion_and_depth() -> None:
-    from .conftest import crop_rmse
     from refinekit.focus import fuse_stack
+
+    from .conftest import crop_rmse
 
     size, n = 160, 9
     warps = [_breathing(1 + 0.01 * (k - 4), (1.0 * (k - 4), -0.6 * (k - 4)), size) for k in range(n)]

@@ -8,10 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from .conftest import make_stack, psnr
 from refinekit.core import InputError
 from refinekit.core.result import jsonable
 from refinekit.focus import ArrayStack, fuse_stack
+
+from .conftest import make_stack, psnr
 
 
 def test_arrays_in_any_integer_depth() -> None:

@@ -8,11 +8,12 @@ import cv2
 import numpy as np
 import pytest
 
-from .conftest import make_stack, texture
 from refinekit.core import InputError
 from refinekit.focus.autofocus import autofocus, autofocus_stack
 from refinekit.focus.measures import METRICS, sharpness
 from refinekit.focus.render import render_stack
+
+from .conftest import make_stack, texture
 
 SCENE = texture((96, 96), seed=11, colour=False)
 

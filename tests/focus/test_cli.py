@@ -12,8 +12,9 @@ import pytest
 import tifffile
 from typer.testing import CliRunner
 
-from .conftest import Rendered, make_stack, psnr
 from refinekit.cli import app
+
+from .conftest import Rendered, make_stack, psnr
 
 runner = CliRunner()
 

@@ -7,7 +7,6 @@ import pytest
 import scipy.sparse as sparse
 import scipy.sparse.linalg as sparse_linalg
 
-from .conftest import Rendered, crop_rmse, make_stack
 from refinekit.core import InputError, refine
 from refinekit.focus.defocus import BlurTable
 from refinekit.focus.depth import (
@@ -22,6 +21,8 @@ from refinekit.focus.depth import (
     solve_smooth,
 )
 from refinekit.focus.measures import to_grey
+
+from .conftest import Rendered, crop_rmse, make_stack
 
 
 def test_gaussian_focus_curves_give_their_centres_on_uneven_positions() -> None:

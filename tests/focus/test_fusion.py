@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from .conftest import Rendered, make_stack, psnr
 from refinekit.focus.fusion import PyramidFusion, collapse_pyramid, fuse, laplacian_pyramid
 from refinekit.focus.render import render_stack
+
+from .conftest import Rendered, make_stack, psnr
 
 
 def test_pyramid_is_exactly_invertible() -> None:

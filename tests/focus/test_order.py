@@ -6,9 +6,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .conftest import crop_rmse, make_stack, psnr
 from refinekit.focus.api import fuse_stack, sort_frames
 from refinekit.focus.io import read_stack
+
+from .conftest import crop_rmse, make_stack, psnr
 
 
 def test_shuffled_stack_is_put_back_in_focus_order(tmp_path: Path) -> None:

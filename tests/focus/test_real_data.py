@@ -7,11 +7,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from .conftest import shared
 from refinekit.focus.api import fuse_stack, sort_frames
 from refinekit.focus.autofocus import autofocus_stack
 from refinekit.focus.io import read_stack
 from refinekit.focus.measures import sharpness
+
+from .conftest import shared
 
 
 def _ihc() -> tuple[list, np.ndarray, np.ndarray]:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from .conftest import texture
 from refinekit.focus.defocus import BlurTable, blur, disk_otf, radius_grid
 from refinekit.focus.render import render_stack, smooth_surface
+
+from .conftest import texture
 
 
 def test_a_flat_scene_is_the_image_blurred_by_its_defocus() -> None:

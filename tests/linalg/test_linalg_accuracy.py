@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
+from refinekit.linalg import solve
+
 from .linalg_helpers import (
     REAL_MATRICES,
     U,
@@ -19,8 +22,6 @@ from .linalg_helpers import (
     right_hand_side,
     with_condition,
 )
-
-from refinekit.linalg import solve
 
 #: "No worse than numpy.linalg.solve by more than a small factor": this factor, plus a floor of a few
 #: unit roundoffs times n for systems where numpy happens to be exact to the last bit.

@@ -11,7 +11,6 @@ import sys
 import numpy as np
 import pytest
 import scipy.sparse as sp
-from .linalg_helpers import U, forward_errors, load_real, reference_solution, right_hand_side, with_condition
 
 from refinekit.core import InputError, Status, StopRefinement, refine
 from refinekit.linalg import SingularMatrixError, solve
@@ -20,6 +19,8 @@ from refinekit.linalg.gmres import fgmres
 from refinekit.linalg.precision import round_to_bfloat16
 from refinekit.linalg.problem import IterativeRefinementProblem
 from refinekit.linalg.systems import DenseSystem
+
+from .linalg_helpers import U, forward_errors, load_real, reference_solution, right_hand_side, with_condition
 
 
 def wilkinson(n: int) -> np.ndarray:

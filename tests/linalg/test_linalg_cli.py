@@ -9,10 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import scipy.io
-from .linalg_helpers import U, forward_errors, real_matrix_path, reference_solution
 from typer.testing import CliRunner
 
 from refinekit.cli import app
+
+from .linalg_helpers import U, forward_errors, real_matrix_path, reference_solution
 
 runner = CliRunner()
 

@@ -10,9 +10,10 @@ import os
 
 import numpy as np
 import pytest
-from .linalg_helpers import U, forward_errors, load_real, reference_solution, right_hand_side, with_condition
 
 from refinekit.linalg import solve
+
+from .linalg_helpers import U, forward_errors, load_real, reference_solution, right_hand_side, with_condition
 
 torch = pytest.importorskip("torch")
 DEVICE = os.environ.get("REFINEKIT_TORCH_DEVICE", "torch-cpu")
