@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -76,7 +77,10 @@ def fuse_command(
 
     for path, data in blobs.items():
         atomic_write_bytes(path, data)
-    payload = result.to_dict()
+    message = f"fused {len(result.order)} frames"
+    if result.depth is not None:
+        message += f"; depth map: {result.depth.summary()['message']}"
+    payload = _contract(result.depth.result if result.depth is not None else None, result.to_dict(), message)
     payload["output"] = str(output)
     payload["written"] = [str(p) for p in blobs]
     emit(payload, _fuse_text(result, list(blobs)), as_json)
@@ -158,7 +162,7 @@ def autofocus_command(
     if coarse_step is not None and coarse_step < 1:
         raise InputError(f"--coarse-step must be at least 1, got {coarse_step}")
     found = autofocus_stack(frames, metric=metric, coarse_step=coarse_step)  # type: ignore[arg-type]
-    payload = found.to_dict()
+    payload = _contract(found.result, found.to_dict(), found.message)
     best = found.names[found.best_frame]
     text = (f"sharpest frame : {best} (index {found.best_frame} of {len(found.names)})\n"
             f"focus position : {found.z:.3f} frames (sub-frame fit)\n"
@@ -167,3 +171,27 @@ def autofocus_command(
             f"status         : {found.result.status.label}: {found.message}")
     emit(payload, text, as_json)
     raise typer.Exit(0 if found.result.usable else 1)
+
+
+def _contract(refinement: Any, figures: dict[str, Any], message: str) -> dict[str, Any]:
+    """The JSON every refinekit command shares: the engine's top-level fields (status, success,
+    message, n_cycles, best_cycle, alarms, history) with this command's figures beside them. Fusion
+    alone runs no loop: it reports a converged run of no cycles. Alarms become kind/cycle/message."""
+    if refinement is not None:
+        out = refinement.to_dict()
+        out["message"] = message or out["message"]
+    else:
+        out = {"status": "converged", "success": True,
+               "message": f"{message} (fusion only: no refinement loop)", "n_cycles": 0,
+               "best_cycle": 0, "kept_cycle": 0, "alarms": [], "history": []}
+    history = out.pop("history")
+    alarms = list(out.get("alarms", []))
+    for key, value in figures.items():
+        if key == "alarms":
+            alarms += [a if isinstance(a, dict) else {"kind": "focus", "cycle": None, "message": str(a)}
+                       for a in value]
+        else:
+            out[key] = value
+    out["alarms"] = alarms
+    out["history"] = history
+    return out
