@@ -19,8 +19,9 @@ from ..core import (
     InputError,
     RefinementResult,
     Refiner,
+    WeightChoice,
+    WeightTrial,
     atomic_write_text,
-    choose_weight,
 )
 from ..core.result import _fmt, jsonable
 from .io import (
@@ -45,10 +46,11 @@ from .sfcalc import StructureFactorCalculator
 from .targets import map_coefficients
 from .twin import TwinModel
 
-#: the weight scan: X-ray weights tried (the two bounds and two golden-section points between them, on a
-#: log scale), cycles per trial, and the geometry the chosen trial must keep
-WEIGHT_BOUNDS = (1.5, 12.0)
-WEIGHT_GRID = 2  # the bounds, then one golden-section pair between them: 1.5, 5.5, 8.0, 12
+#: the weight search: the run's first WEIGHT_SHARED_CYCLES cycles at the middle weight, then a trial of
+#: WEIGHT_TRIAL_CYCLES cycles from there at each weight (the middle one goes on), scored by its lowest
+#: R_free among those whose geometry stays within MAX_DEVIATION; the chosen trial goes on to the end
+WEIGHT_TRIALS = (2.0, 4.0, 8.0)
+WEIGHT_SHARED_CYCLES = 2
 WEIGHT_TRIAL_CYCLES = 2
 MAX_DEVIATION = {"bond_rmsd": 0.02, "angle_rmsd": 2.5}
 #: R_free must rise by more than this (and stay up for `patience` cycles) to raise the alarm: smaller
@@ -186,13 +188,10 @@ class RefinementJob:
         callbacks = list(callbacks)
         choice_dict = None
         if weight is None and cycles > 0:
-            trial_cycles = min(WEIGHT_TRIAL_CYCLES, cycles)
-            choice = choose_weight(self.make_problem, bounds=WEIGHT_BOUNDS, n_grid=WEIGHT_GRID, n_golden=1,
-                                   max_deviation=MAX_DEVIATION, max_cycles=trial_cycles,
-                                   stop_on_overfit=False, **options)
+            choice, problems = self._choose_weight(cycles, options)
             weight = choice.weight
             choice_dict = choice.to_dict()
-            problem = self.problems[weight]
+            problem = problems[weight]
             refiner = Refiner(problem, max_cycles=cycles, stop_on_overfit=stop_on_overfit,
                               callbacks=callbacks, **options)
             # the chosen trial goes on where it stopped: its cycles are the run's first cycles
@@ -203,6 +202,47 @@ class RefinementJob:
             result = Refiner(problem, max_cycles=cycles, stop_on_overfit=stop_on_overfit, callbacks=callbacks,
                              **options).run()
         return self._finish(problem, result, weight, choice_dict)
+
+    def _choose_weight(self, cycles: int, options: dict[str, Any]
+                       ) -> tuple[WeightChoice, dict[float, XtalRefinementProblem]]:
+        """Short trials at the weights of :data:`WEIGHT_TRIALS`, all from the model of the run's first
+        cycles (refined at the middle weight): the trials share those cycles, and the first step of
+        each shares the gradient. Each trial is scored by the lowest R_free of its own cycles; the
+        weights whose trial broke the geometry bounds are out, unless all did."""
+        trial_cycles = min(WEIGHT_TRIAL_CYCLES, cycles)
+        shared_cycles = min(WEIGHT_SHARED_CYCLES, cycles - trial_cycles)
+        weights = sorted(WEIGHT_TRIALS)
+        middle = weights[len(weights) // 2]
+        first = self.make_problem(middle)
+        shared = Refiner(first, max_cycles=shared_cycles, stop_on_overfit=False, **options).run()
+        # every fork starts from the state the shared cycles left
+        problems = {w: (first if w == middle else first.fork(w)) for w in weights}
+        self.problems.update(problems)
+        trials, results = [], {}
+        for w in [middle] + [w for w in weights if w != middle]:
+            res = Refiner(problems[w], max_cycles=shared_cycles + trial_cycles, stop_on_overfit=False,
+                          **options).run(resume_from=shared)
+            own = [r for r in res.history if r.cycle > shared_cycles] or res.history[-1:]
+            best = min(own, key=lambda r: r.free if r.free is not None else math.inf)
+            figures = {k: float(best.figures.get(k, math.nan)) for k in MAX_DEVIATION}
+            feasible = res.usable and all(figures[k] <= bound for k, bound in MAX_DEVIATION.items())
+            trials.append(WeightTrial(w, float(best.free), float(best.work), dict(best.figures), feasible,
+                                      res.status.label))
+            results[w] = res
+        trials.sort(key=lambda t: t.weight)
+        feasible = [t for t in trials if t.feasible and math.isfinite(t.free)]
+        bounds = ", ".join(f"{k} <= {v:g}" for k, v in MAX_DEVIATION.items())
+        if feasible:
+            chosen = min(feasible, key=lambda t: t.free)
+            message = (f"weight {chosen.weight:.4g} gave the lowest R_free {chosen.free:.4f} of "
+                       f"{len(trials)} trials of {trial_cycles} cycles after {shared_cycles} shared "
+                       f"cycles, within {bounds}")
+        else:
+            chosen = min(trials, key=lambda t: sum(max(0.0, t.figures.get(k, 0.0) / b - 1.0)
+                                                    for k, b in MAX_DEVIATION.items()))
+            message = (f"no weight kept the deviations within bounds ({bounds}): chose the one closest "
+                       "to them")
+        return WeightChoice(chosen.weight, trials, message, results), problems
 
     def _finish(self, problem: XtalRefinementProblem, result: RefinementResult, weight: float,
                 choice: dict[str, Any] | None) -> XtalRefinementResult:

@@ -80,6 +80,8 @@ class AtomicModel:
         self.occ_atoms = (np.flatnonzero(occ[self.heavy] < 1.0) if refine_occupancy
                           else np.zeros(0, dtype=np.int64))
         self.layout = ParameterLayout(self.n_heavy, int(self.occ_atoms.size))
+        #: the parameters the structure holds now (None: as read)
+        self.current_x: np.ndarray | None = None
         residues = [cra.residue for cra in st[0].all()]
         self.restraints = GeometryRestraints.from_topology(self.topo, self.atoms, monlib, residues,
                                                            skip=self.is_h)
@@ -128,6 +130,7 @@ class AtomicModel:
     def set_parameters(self, x: np.ndarray) -> None:
         """Put ``x`` into the structure and place the riding hydrogens again."""
         lay = self.layout
+        self.current_x = np.array(x, dtype=float, copy=True)
         xyz, b, occ = lay.xyz(x), lay.b(x), lay.occ(x)
         for k, atom_index in enumerate(self.heavy):
             atom = self.atoms[atom_index]

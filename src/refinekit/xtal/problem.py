@@ -10,6 +10,7 @@ restraints (sparse); a line search along ``delta`` keeps every step downhill.
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -20,7 +21,7 @@ from scipy import sparse
 from scipy.sparse import linalg as splinalg
 
 from ..core import RefinementProblem, Scores, Status, StopRefinement
-from .fmodel import Scale, agreement, fit_scale
+from .fmodel import Scale, agreement, fit_scale, fit_scale_robust, refine_binned_scale
 from .model import B_MAX, B_MIN, AtomicModel
 from .reflections import ReflectionData
 from .sfcalc import AtomArrays, StructureFactorCalculator
@@ -47,7 +48,9 @@ class XtalRefinementProblem(RefinementProblem):
 
     def __init__(self, model: AtomicModel, data: ReflectionData, *, target: str = "ml", weight: float = 1.0,
                  adp_weight: float = 1.0, steps_per_cycle: int = 2, max_shift: float = 0.5,
-                 twin: TwinModel | None = None, solvent: bool = True, grid_rate: float = 1.25) -> None:
+                 twin: TwinModel | None = None, solvent: bool = True, grid_rate: float = 1.25,
+                 absorb_overall_b: bool = True, robust_scale: bool = True, binned_scale: bool = True
+                 ) -> None:
         self.model = model
         self.data = data
         self.target_name = target
@@ -58,6 +61,9 @@ class XtalRefinementProblem(RefinementProblem):
         self.max_shift = float(max_shift)
         self.twin = twin
         self.solvent = solvent
+        self.absorb_overall_b = absorb_overall_b
+        self.robust_scale = robust_scale
+        self.binned_scale = binned_scale
         b_now = model.initial_parameters()[3 * model.n_heavy: 4 * model.n_heavy]
         self.calc = StructureFactorCalculator(data.cell, data.spacegroup, self._all_hkl(), data.d_min,
                                               b_min=float(np.clip(b_now.min(initial=B_MIN), B_MIN, 10.0)),
@@ -67,6 +73,11 @@ class XtalRefinementProblem(RefinementProblem):
         self._cache: _Evaluation | None = None
         self._fmask: np.ndarray | None = None
         self._scale: Scale | None = None
+        self._scale_global: Scale | None = None     # the robust fit before the binned refinement
+        self._fmask_x: np.ndarray | None = None     # the model of the mask
+        self._scale_x: np.ndarray | None = None     # the model of the scales
+        # X-ray and restraint terms of the last gradient, shared with forks (see :meth:`fork`)
+        self._shared: dict[str, Any] = {}
         self._x0 = model.initial_parameters()
         self.last_line_search: list[float] = []
         # the diagonal Fisher information understates the X-ray curvature (by 1.5-2 in practice, more
@@ -94,19 +105,67 @@ class XtalRefinementProblem(RefinementProblem):
         self._cache = _Evaluation(x.copy(), arrays, fc, mate)
         return self._cache
 
-    def _refresh_solvent_and_scale(self, ev: _Evaluation) -> None:
-        """Bulk-solvent mask and scale factors for the model ``ev`` (once per cycle)."""
-        if self.solvent:
-            fmask_all = self.calc.solvent(self.model.structure[0], self.masker)
+    def _refresh_solvent_and_scale(self, ev: _Evaluation, *, mask: bool = True) -> None:
+        """Bulk-solvent mask (unless ``mask`` is false and there is one) and scale factors for the
+        model ``ev`` (once per cycle)."""
+        if self._scale_x is not None and np.array_equal(self._scale_x, ev.x) and self._scale is not None:
+            return                                  # this model's mask and scales are there already
+        if (mask and not (self._fmask_x is not None and np.array_equal(self._fmask_x, ev.x))) \
+                or self._fmask is None:
+            if self.solvent:
+                self._place_model(ev.x)
+                fmask_all = self.calc.solvent(self.model.structure[0], self.masker)
+            else:
+                fmask_all = np.zeros(self.calc.hkl.shape[0], dtype=complex)
+            self._fmask_x = ev.x.copy()
         else:
-            fmask_all = np.zeros(self.calc.hkl.shape[0], dtype=complex)
+            fmask_all = self._fmask
         n = len(self.data)
         self._fmask = fmask_all
+        self._scale_x = ev.x.copy()
         if self.twin is None:
-            self._scale = fit_scale(self.data, ev.fc, fmask_all[:n] if self.solvent else None)
+            fmask = fmask_all[:n] if self.solvent else None
+            if self.robust_scale:
+                start = self._scale_global
+                self._scale_global = fit_scale_robust(self.data, ev.fc, fmask, start=start)
+                self._scale = (refine_binned_scale(self.data, ev.fc, fmask, self._scale_global)
+                               if self.binned_scale else self._scale_global)
+            else:
+                self._scale = fit_scale(self.data, ev.fc, fmask)
         else:
             self._scale = self.twin.fit(self.data, ev.fc, fmask_all[:n], ev.fc_mate, fmask_all[n:],
                                         solvent=self.solvent)
+
+    def fork(self, weight: float) -> XtalRefinementProblem:
+        """The same problem, in the same state, at another X-ray weight. The fork shares the model,
+        the data and the structure-factor machinery (only one of them may run at a time: each puts
+        its own parameters into the model when it needs them) and the weight-free parts of the last
+        gradient; it has its own target parameters, scales and step calibration."""
+        other = copy.copy(self)
+        self._shared["pin_next"] = True
+        self._shared.pop("pinned", None)
+        other.weight = float(weight)
+        other.target = self.target.copy()
+        other.curvature_factor = self.curvature_factor.copy()
+        other.last_line_search = []
+        if self.twin is not None:
+            other.twin = copy.copy(self.twin)
+        return other
+
+    def _place_model(self, x: np.ndarray) -> None:
+        """Make sure the gemmi model holds ``x`` (several problems may share one model)."""
+        current = self.model.current_x
+        if current is None or not np.array_equal(current, x):
+            self.model.set_parameters(x)
+
+    def _ensure_contacts(self, xyz: np.ndarray) -> None:
+        """The non-bonded pairs of the model at ``xyz``: found again only when an atom has moved far
+        enough since the last search for a pair outside its reach to have come within a minimum
+        distance (the search reaches ``CONTACT_MARGIN`` beyond the longest minimum distance)."""
+        restraints = self.model.restraints
+        if restraints.contacts_valid_for(xyz):
+            return
+        restraints.update_contacts(xyz, self.data.cell, self.data.spacegroup)
 
     def f_model(self, ev: _Evaluation) -> np.ndarray:
         """Complex Fmodel (untwinned) at the observed reflections."""
@@ -131,7 +190,7 @@ class XtalRefinementProblem(RefinementProblem):
         x0 = self._x0.copy()
         ev = self._evaluate(x0)
         self._refresh_solvent_and_scale(ev)
-        self.model.restraints.update_contacts(ev.arrays.xyz, self.data.cell, self.data.spacegroup)
+        self._ensure_contacts(ev.arrays.xyz)
         return x0
 
     def check(self, x: np.ndarray) -> Scores:
@@ -139,6 +198,7 @@ class XtalRefinementProblem(RefinementProblem):
         self._refresh_solvent_and_scale(ev)
         fm_abs = self._fm_abs(ev)
         agree = agreement(self.data, fm_abs)
+        self._ensure_contacts(ev.arrays.xyz)
         stats = self.model.restraints.statistics(ev.arrays.xyz)
         restraint = self.model.restraints.evaluate(ev.arrays.xyz, ev.arrays.b_iso, adp_weight=self.adp_weight)
         figures = {"r_work": agree.r_work, "r_free": agree.r_free, "cc_work": agree.cc_work,
@@ -160,9 +220,12 @@ class XtalRefinementProblem(RefinementProblem):
         return bool(np.all(np.isfinite(x)))
 
     def correct(self, x: np.ndarray, scores: Scores) -> np.ndarray:
+        start = x
+        if self.absorb_overall_b:
+            x = self._absorb_overall_b(x)
         ev = self._evaluate(x)
         self.target.prepare(self._fm_abs(ev))
-        self.model.restraints.update_contacts(ev.arrays.xyz, self.data.cell, self.data.spacegroup)
+        self._ensure_contacts(ev.arrays.xyz)
         x_new = x.copy()
         for _ in range(self.steps_per_cycle):
             moved = self._gauss_newton_step(x_new)
@@ -172,7 +235,45 @@ class XtalRefinementProblem(RefinementProblem):
         if np.array_equal(x_new, x):
             raise StopRefinement(Status.CONVERGED, "converged: no step along the Gauss-Newton direction "
                                                    "lowers the target")
-        return x_new - x
+        return x_new - start
+
+    def _absorb_overall_b(self, x: np.ndarray) -> np.ndarray:
+        """Move the isotropic part of the overall scale's B into the atoms' B-factors (the scale keeps
+        the anisotropic rest): the two are degenerate, and left alone the atoms' B drift down cycle
+        after cycle while the scale's B grows (the least-squares scale and the likelihood's D pull
+        them apart), until atoms reach the lower bound."""
+        scale = self._scale
+        if scale is None or self.model.n_heavy == 0:
+            return x
+        b_iso = float(np.mean(scale.b_aniso[:3]))
+        lay = self.model.layout
+        b_old = lay.b(x)
+        b_new = np.clip(b_old + b_iso, B_MIN, B_MAX)
+        if abs(b_iso) < 1e-3:
+            return x
+        x_new = x.copy()
+        x_new[3 * lay.n: 4 * lay.n] = b_new
+        ev = self._cache
+        n = len(self.data)
+        exact = np.allclose(b_new - b_old, b_iso) and ev is not None and np.array_equal(ev.x, x)
+        if exact and self.twin is None:
+            # every atom's Fc (riding hydrogens follow their parent's B) falls off by exp(-b s^2/4),
+            # which the scale gives back: Fmodel is unchanged
+            self.model.set_parameters(x_new)
+            fall = np.exp(-b_iso * 0.25 * self.calc.s2[:n])
+            arrays = ev.arrays
+            arrays = AtomArrays(arrays.xyz, arrays.b_iso + b_iso, arrays.occ, arrays.gauss_a, arrays.gauss_b)
+            self._cache = _Evaluation(x_new.copy(), arrays, ev.fc * fall, None)
+            self._scale = _moved_b(scale, b_iso, fall)
+            if self._scale_global is not None:
+                self._scale_global = _moved_b(self._scale_global, b_iso, fall)
+            self._scale_x = x_new.copy()
+            self._fmask_x = x_new.copy()            # the mask does not depend on B
+        else:
+            ev = self._evaluate(x_new)
+            self._fmask_x = x_new.copy()
+            self._refresh_solvent_and_scale(ev)
+        return x_new
 
     # --------------------------------------------------------------------------- the step
     def xray_value(self, x: np.ndarray) -> float:
@@ -188,7 +289,38 @@ class XtalRefinementProblem(RefinementProblem):
 
     def value_and_gradient(self, x: np.ndarray) -> tuple[float, np.ndarray, np.ndarray, Any]:
         """Total value, its gradient by the parameters, the X-ray Fisher diagonal, and the restraint
-        evaluation (with Gauss-Newton matrices)."""
+        evaluation (with Gauss-Newton matrices).
+
+        The weight only scales the X-ray part: what does not depend on it is kept, so that forks at
+        other weights (the weight trials) starting from the same model, scales and target
+        parameters take it over instead of computing it again."""
+        key = self._gradient_key(x)
+        cached = [self._shared.get(k) for k in ("pinned", "gradient")]
+        hit = next((c for c in cached if c is not None and c[0] == key), None)
+        if hit is not None:
+            xray_value, xray_grad, restr_grad, fisher, restr = hit[1]
+        else:
+            xray_value, xray_grad, restr_grad, fisher, restr = self._gradient_parts(x)
+            entry = (key, (xray_value, xray_grad, restr_grad, fisher, restr))
+            # the first gradient after a fork is where the forks start: kept for them
+            self._shared["pinned" if self._shared.pop("pin_next", False) else "gradient"] = entry
+        self._xray_terms = (xray_value, xray_grad)
+        grad = self.weight * xray_grad + restr_grad
+        return self.weight * xray_value + restr.value, grad, self.weight * fisher, restr
+
+    def _gradient_key(self, x: np.ndarray) -> tuple[Any, ...]:
+        """What the weight-free parts of the gradient depend on, by value."""
+        scale = self._scale
+        parts = [x.tobytes(), self.adp_weight, self.target.state()]
+        if scale is not None:
+            parts += [hash(scale.k_aniso.tobytes()), hash(scale.k_mask.tobytes())]
+        if self._fmask is not None:
+            parts.append(hash(self._fmask.tobytes()))
+        if self.twin is not None:
+            parts.append(id(self.twin))
+        return (hash(parts[0]), *parts[1:])
+
+    def _gradient_parts(self, x: np.ndarray) -> tuple[float, np.ndarray, np.ndarray, np.ndarray, Any]:
         ev = self._evaluate(x)
         model, data = self.model, self.data
         fm = self.f_model(ev)
@@ -208,12 +340,9 @@ class XtalRefinementProblem(RefinementProblem):
         restr = model.restraints.evaluate(ev.arrays.xyz, ev.arrays.b_iso, adp_weight=self.adp_weight,
                                           with_hessian=True, param_of_atom=model.block,
                                           n_params=model.n_heavy)
-        self._xray_terms = (terms.value, model.fold_gradient(g_xyz, g_b, g_occ))
-        grad = self.weight * self._xray_terms[1]
-        grad += model.fold_gradient(restr.grad_xyz, restr.grad_b, None)
-        fisher = self.weight * self._fisher_diagonal(ev.arrays, curvature_k2)
-        value = self.weight * terms.value + restr.value
-        return value, grad, fisher, restr
+        xray_grad = model.fold_gradient(g_xyz, g_b, g_occ)
+        restr_grad = model.fold_gradient(restr.grad_xyz, restr.grad_b, None)
+        return terms.value, xray_grad, restr_grad, self._fisher_diagonal(ev.arrays, curvature_k2), restr
 
     def _fisher_diagonal(self, arrays: AtomArrays, curvature_k2: np.ndarray) -> np.ndarray:
         """Expected curvature of the X-ray target by each parameter, on the assumption that the atoms'
@@ -364,6 +493,15 @@ class XtalRefinementProblem(RefinementProblem):
     @property
     def scale(self) -> Scale | None:
         return self._scale
+
+
+def _moved_b(scale: Scale, b_iso: float, fall: np.ndarray) -> Scale:
+    """``scale`` with the isotropic B ``b_iso`` taken out (given to the atoms, whose Fc fall off by
+    ``fall``) and the solvent scale made to fall off by as much, so that Fmodel stays the same."""
+    aniso = np.array(scale.b_aniso, dtype=float)
+    aniso[:3] -= b_iso
+    return Scale(scale.k_aniso / fall, scale.k_mask * fall, scale.k_overall, tuple(aniso), scale.k_sol,
+                 scale.b_sol + b_iso, scale.bins)
 
 
 def _solve(matrix: sparse.spmatrix, rhs: np.ndarray) -> np.ndarray:

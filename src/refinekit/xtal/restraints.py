@@ -234,6 +234,29 @@ class GeometryRestraints:
         """Find the atom pairs (with symmetry mates) within ``cutoff``, less bonded ones; their
         minimum distances follow refmac's rules in spirit: vdW radii, less for H-bonds and metals."""
         self.nonbonded = find_contacts(xyz, cell, spacegroup, cutoff, self)
+        self._contacts_xyz = np.array(xyz, dtype=float, copy=True)
+        self._contacts_cutoff = float(cutoff)
+
+    def contacts_valid_for(self, xyz: np.ndarray) -> bool:
+        """True when the pairs found last still hold every pair that can be inside its minimum distance
+        at ``xyz``: a pair left out was farther apart than the cutoff, and it takes each atom moving by
+        half the gap between the cutoff and the largest minimum distance to close that."""
+        ref = getattr(self, "_contacts_xyz", None)
+        if ref is None or ref.shape != xyz.shape or self.nonbonded is None:
+            return False
+        slack = 0.5 * (self._contacts_cutoff - self.max_minimum_distance())
+        if slack <= 0:
+            return bool(np.array_equal(ref, xyz))
+        moved2 = np.einsum("ij,ij->i", xyz - ref, xyz - ref)
+        return bool(moved2.max(initial=0.0) < slack * slack)
+
+    def max_minimum_distance(self) -> float:
+        """The largest minimum distance any pair can have (two of the largest radii)."""
+        if not hasattr(self, "_max_dmin"):
+            radius = float(self.vdw_radius.max(initial=0.0))
+            ionic = self.ion_radius[np.isfinite(self.ion_radius)]
+            self._max_dmin = max(2.0 * radius, 2.0 * float(ionic.max(initial=0.0)))
+        return self._max_dmin
 
     # ---------------------------------------------------------------------------- evaluation
     def evaluate(self, xyz: np.ndarray, b_iso: np.ndarray, *, adp_weight: float = 1.0,

@@ -14,6 +14,7 @@ acentric ``p(Fo) = 2 Fo / V exp(-(Fo^2 + D^2 Fc^2) / V) I0(2 Fo D Fc / V)`` with
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -175,6 +176,16 @@ class MaximumLikelihood:
         else:
             self.sigmaa = SigmaA(data)
 
+    def copy(self) -> MaximumLikelihood:
+        """An independent copy (the data shared)."""
+        other = copy.copy(self)
+        other.sigmaa = copy.copy(self.sigmaa)
+        return other
+
+    def state(self) -> tuple[bytes, bytes]:
+        """The fitted parameters, by value."""
+        return self.sigmaa.d.tobytes(), self.sigmaa.s.tobytes()
+
     def prepare(self, fm_abs: np.ndarray) -> None:
         """Refit D and S for this model (once per cycle), to the working or the free set."""
         use = self.data.free if self.estimate_on == "free" else self.data.work
@@ -207,6 +218,12 @@ class LeastSquares:
         self.data = data
         self.bins = data.bins(n_per_bin=500, max_bins=20)
         self.variance = np.ones(len(data))
+
+    def copy(self) -> LeastSquares:
+        return copy.copy(self)
+
+    def state(self) -> int:
+        return hash(self.variance.tobytes())
 
     def prepare(self, fm_abs: np.ndarray) -> None:
         data = self.data
