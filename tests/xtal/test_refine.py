@@ -8,7 +8,7 @@ import pytest
 
 from refinekit.core import Status
 from refinekit.xtal import prepare_refinement
-from refinekit.xtal.api import WEIGHT_SHARED_CYCLES, WEIGHT_TRIAL_CYCLES, WEIGHT_TRIALS
+from refinekit.xtal.api import WEIGHT_TRIAL_CYCLES, WEIGHT_TRIALS
 from refinekit.xtal.io import read_model
 
 
@@ -56,12 +56,11 @@ def test_the_weight_is_chosen_by_r_free_and_the_chosen_trial_continues(bundled, 
         assert "closest" in choice["message"]
         chosen = next(t for t in choice["trials"] if t["weight"] == result.weight)
     assert result.weight == chosen["weight"]
-    # one history from cycle 0: the shared cycles, the chosen trial's cycles, then the run that
-    # continued it; the trial is scored by the lowest R_free of its own cycles
+    # one history from cycle 0: the chosen trial's cycles, then the run that continued it; the trial
+    # is scored by the lowest R_free of its cycles
     assert [r.cycle for r in result.history] == list(range(len(result.history)))
     assert len(result.history) == 6
-    shared, trial = WEIGHT_SHARED_CYCLES, WEIGHT_TRIAL_CYCLES
-    own = result.history[shared + 1: shared + trial + 1]
+    own = result.history[1: WEIGHT_TRIAL_CYCLES + 1]
     assert min(r.free for r in own) == pytest.approx(chosen["free"])
     assert sorted(t["weight"] for t in choice["trials"]) == sorted(WEIGHT_TRIALS)
 

@@ -19,6 +19,7 @@ from ..core import (
     InputError,
     RefinementResult,
     Refiner,
+    Status,
     WeightChoice,
     WeightTrial,
     atomic_write_text,
@@ -46,11 +47,10 @@ from .sfcalc import StructureFactorCalculator
 from .targets import map_coefficients
 from .twin import TwinModel
 
-#: the weight search: the run's first WEIGHT_SHARED_CYCLES cycles at the middle weight, then a trial of
-#: WEIGHT_TRIAL_CYCLES cycles from there at each weight (the middle one goes on), scored by its lowest
-#: R_free among those whose geometry stays within MAX_DEVIATION; the chosen trial goes on to the end
+#: the weight search: a trial of WEIGHT_TRIAL_CYCLES cycles from the starting model at each weight,
+#: scored by its lowest R_free among those whose geometry stays within MAX_DEVIATION; the chosen trial
+#: goes on to the end of the run
 WEIGHT_TRIALS = (2.0, 4.0, 8.0)
-WEIGHT_SHARED_CYCLES = 2
 WEIGHT_TRIAL_CYCLES = 2
 MAX_DEVIATION = {"bond_rmsd": 0.02, "angle_rmsd": 2.5}
 #: R_free must rise by more than this (and stay up for `patience` cycles) to raise the alarm: smaller
@@ -188,14 +188,18 @@ class RefinementJob:
         callbacks = list(callbacks)
         choice_dict = None
         if weight is None and cycles > 0:
-            choice, problems = self._choose_weight(cycles, options)
+            choice, problems = self._choose_weight(cycles, options, stop_on_overfit)
             weight = choice.weight
             choice_dict = choice.to_dict()
             problem = problems[weight]
-            refiner = Refiner(problem, max_cycles=cycles, stop_on_overfit=stop_on_overfit,
-                              callbacks=callbacks, **options)
-            # the chosen trial goes on where it stopped: its cycles are the run's first cycles
-            result = refiner.run(resume_from=choice.results[weight])
+            trial = choice.results[weight]
+            if trial.status is Status.OVERFITTING:
+                result = trial              # the alarm fired within the trial: the run ends there
+            else:
+                refiner = Refiner(problem, max_cycles=cycles, stop_on_overfit=stop_on_overfit,
+                                  callbacks=callbacks, **options)
+                # the chosen trial goes on where it stopped: its cycles are the run's first cycles
+                result = refiner.run(resume_from=trial)
         else:
             weight = 1.0 if weight is None else float(weight)
             problem = self.make_problem(weight)
@@ -203,26 +207,29 @@ class RefinementJob:
                              **options).run()
         return self._finish(problem, result, weight, choice_dict)
 
-    def _choose_weight(self, cycles: int, options: dict[str, Any]
+    def _choose_weight(self, cycles: int, options: dict[str, Any], stop_on_overfit: bool
                        ) -> tuple[WeightChoice, dict[float, XtalRefinementProblem]]:
-        """Short trials at the weights of :data:`WEIGHT_TRIALS`, all from the model of the run's first
-        cycles (refined at the middle weight): the trials share those cycles, and the first step of
-        each shares the gradient. Each trial is scored by the lowest R_free of its own cycles; the
-        weights whose trial broke the geometry bounds are out, unless all did."""
+        """Trials of :data:`WEIGHT_TRIAL_CYCLES` cycles from the starting model at each weight of
+        :data:`WEIGHT_TRIALS`, each scored by its lowest R_free after cycle 0; the weights whose trial
+        broke the geometry bounds are out, unless all did. The trials are forks of one problem: the
+        starting model's mask, scales and contacts are computed once, the first step's gradient is
+        shared, and the step calibration of the first trial is taken over by the others."""
         trial_cycles = min(WEIGHT_TRIAL_CYCLES, cycles)
-        shared_cycles = min(WEIGHT_SHARED_CYCLES, cycles - trial_cycles)
         weights = sorted(WEIGHT_TRIALS)
         middle = weights[len(weights) // 2]
         first = self.make_problem(middle)
-        shared = Refiner(first, max_cycles=shared_cycles, stop_on_overfit=False, **options).run()
-        # every fork starts from the state the shared cycles left
+        first.initial()
         problems = {w: (first if w == middle else first.fork(w)) for w in weights}
         self.problems.update(problems)
         trials, results = [], {}
         for w in [middle] + [w for w in weights if w != middle]:
-            res = Refiner(problems[w], max_cycles=shared_cycles + trial_cycles, stop_on_overfit=False,
-                          **options).run(resume_from=shared)
-            own = [r for r in res.history if r.cycle > shared_cycles] or res.history[-1:]
+            problem = problems[w]
+            if w != middle and first._calibrated and not problem._calibrated:
+                problem.curvature_factor = first.curvature_factor.copy()
+                problem._calibrated = True
+            res = Refiner(problem, max_cycles=trial_cycles, stop_on_overfit=stop_on_overfit,
+                          **options).run()
+            own = [r for r in res.history if r.cycle > 0] or res.history
             best = min(own, key=lambda r: r.free if r.free is not None else math.inf)
             figures = {k: float(best.figures.get(k, math.nan)) for k in MAX_DEVIATION}
             feasible = res.usable and all(figures[k] <= bound for k, bound in MAX_DEVIATION.items())
@@ -235,8 +242,7 @@ class RefinementJob:
         if feasible:
             chosen = min(feasible, key=lambda t: t.free)
             message = (f"weight {chosen.weight:.4g} gave the lowest R_free {chosen.free:.4f} of "
-                       f"{len(trials)} trials of {trial_cycles} cycles after {shared_cycles} shared "
-                       f"cycles, within {bounds}")
+                       f"{len(trials)} trials of {trial_cycles} cycles within {bounds}")
         else:
             chosen = min(trials, key=lambda t: sum(max(0.0, t.figures.get(k, 0.0) / b - 1.0)
                                                     for k, b in MAX_DEVIATION.items()))

@@ -24,7 +24,7 @@ from ..core import RefinementProblem, Scores, Status, StopRefinement
 from .fmodel import Scale, agreement, fit_scale, fit_scale_robust, refine_binned_scale
 from .model import B_MAX, B_MIN, AtomicModel
 from .reflections import ReflectionData
-from .sfcalc import AtomArrays, StructureFactorCalculator
+from .sfcalc import REFINE_DENSITY_CUTOFF, AtomArrays, StructureFactorCalculator
 from .targets import LeastSquares, MaximumLikelihood, make_target
 from .twin import TwinModel
 
@@ -67,7 +67,7 @@ class XtalRefinementProblem(RefinementProblem):
         b_now = model.initial_parameters()[3 * model.n_heavy: 4 * model.n_heavy]
         self.calc = StructureFactorCalculator(data.cell, data.spacegroup, self._all_hkl(), data.d_min,
                                               b_min=float(np.clip(b_now.min(initial=B_MIN), B_MIN, 10.0)),
-                                              rate=grid_rate)
+                                              rate=grid_rate, cutoff=REFINE_DENSITY_CUTOFF)
         self.masker = gemmi.SolventMasker(gemmi.AtomicRadiiSet.Refmac)
         self.n_ops = len(data.spacegroup.operations())   # copies of an atom in the cell (centring too)
         self._cache: _Evaluation | None = None
@@ -161,7 +161,7 @@ class XtalRefinementProblem(RefinementProblem):
     def _ensure_contacts(self, xyz: np.ndarray) -> None:
         """The non-bonded pairs of the model at ``xyz``: found again only when an atom has moved far
         enough since the last search for a pair outside its reach to have come within a minimum
-        distance (the search reaches ``CONTACT_MARGIN`` beyond the longest minimum distance)."""
+        distance (in practice: for the same model, as several problems may share one)."""
         restraints = self.model.restraints
         if restraints.contacts_valid_for(xyz):
             return
@@ -407,6 +407,10 @@ class XtalRefinementProblem(RefinementProblem):
         delta = np.zeros_like(grad)
         delta[: 3 * n] = _solve(h_xyz.tocsr(), -grad[: 3 * n])
         delta[3 * n: 4 * n] = _solve(h_b.tocsr(), -grad[3 * n: 4 * n])
+        if self.absorb_overall_b and n:
+            # the B-factors' common shift is the overall scale's business (see _absorb_overall_b):
+            # left to the X-ray target, it chases what the scale fit undoes every cycle
+            delta[3 * n: 4 * n] -= float(np.mean(delta[3 * n: 4 * n]))
         if lay.n_occ:
             delta[4 * n:] = -grad[4 * n:] / np.maximum(c_b * fisher[4 * n:], 1e-12)
         shifts = np.sqrt(np.sum(lay.xyz(delta) ** 2, axis=1))

@@ -86,6 +86,7 @@ class GeometryRestraints:
         self.nonbonded: NonbondedPairs | None = None
         self.weights = {"bond": 1.0, "angle": 1.0, "torsion": 1.0, "chiral": 1.0, "plane": 1.0,
                         "nonbonded": 1.0}
+        self._hessian_cache: dict = {}      # where the topology's terms land in the Gauss-Newton matrix
 
     # ------------------------------------------------------------------------------ building
     @classmethod
@@ -334,6 +335,7 @@ class GeometryRestraints:
         if self.planes:
             parts["plane"] = w["plane"] * plane_value
 
+        n_fixed = len(terms)            # the topology's terms, then the contacts of the moment
         nb = self.nonbonded
         if nb is not None and nb.i.size:
             diff = xyz[nb.i] - (np.einsum("mab,mb->ma", nb.rot, xyz[nb.j]) + nb.trans)
@@ -366,9 +368,15 @@ class GeometryRestraints:
             np.add.at(grad_b, self.adp_idx[:, 0], coef)
             np.add.at(grad_b, self.adp_idx[:, 1], -coef)
             if with_hessian:
-                hess_b = _assemble_b_hessian(self.adp_idx, adp_weight / self.adp_sigma**2, param_of_atom,
-                                             n_params or n)
-        hess = _assemble_hessian(terms, param_of_atom, n_params or n) if with_hessian else None
+                key = (adp_weight, id(param_of_atom), n_params or n)
+                cached = self._hessian_cache.get("adp")
+                if cached is None or cached[0] != key:
+                    cached = (key, _assemble_b_hessian(self.adp_idx, adp_weight / self.adp_sigma**2,
+                                                       param_of_atom, n_params or n))
+                    self._hessian_cache["adp"] = cached
+                hess_b = cached[1]
+        hess = (_assemble_hessian(terms, param_of_atom, n_params or n, fixed=n_fixed,
+                                  cache=self._hessian_cache) if with_hessian else None)
         total = float(sum(parts.values()))
         return Evaluation(total, grad, grad_b, hess, hess_b, parts)
 
@@ -494,10 +502,13 @@ def _plane_terms(xyz: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarr
 
 
 def _assemble_hessian(terms: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
-                      param_of_atom: np.ndarray | None, n_blocks: int) -> sparse.csr_matrix:
+                      param_of_atom: np.ndarray | None, n_blocks: int,
+                      fixed: int = 0, cache: dict | None = None) -> sparse.csr_matrix:
     """Sum of 2 w J^T J over all terms (the Gauss-Newton part of the Hessian of w z^2, z = J dx), as a
-    (3 n_blocks)^2 sparse matrix."""
-    rows, cols, vals = [], [], []
+    (3 n_blocks)^2 sparse matrix. The first ``fixed`` terms always involve the same atoms (the
+    topology's): with a ``cache``, where their entries land in the matrix is worked out once."""
+    size = 3 * n_blocks
+    rows, vals = [], []
     for idx, jac, weight in terms:
         blocks = idx if param_of_atom is None else param_of_atom[idx]        # (m, k)
         m, k = blocks.shape
@@ -505,14 +516,33 @@ def _assemble_hessian(terms: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
         jflat = jac.reshape(m, 3 * k)
         keep = np.all(blocks >= 0, axis=1)
         r, jflat, wt = r[keep], jflat[keep], weight[keep]
-        rows.append(np.repeat(r, 3 * k, axis=1).ravel())
-        cols.append(np.tile(r, (1, 3 * k)).ravel())
+        rows.append(r)
         vals.append((2.0 * wt[:, None, None] * jflat[:, :, None] * jflat[:, None, :]).ravel())
-    size = 3 * n_blocks
     if not rows:
         return sparse.csr_matrix((size, size))
-    return sparse.coo_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
-                             shape=(size, size)).tocsr()
+    out = None
+    if cache is not None and fixed:
+        shape_key = (n_blocks, tuple(r.shape for r in rows[:fixed]),
+                     id(param_of_atom) if param_of_atom is not None else None)
+        layout = cache.get("layout")
+        if layout is None or layout[0] != shape_key:
+            r_all = np.concatenate([np.repeat(r, r.shape[1], axis=1).ravel() for r in rows[:fixed]])
+            c_all = np.concatenate([np.tile(r, (1, r.shape[1])).ravel() for r in rows[:fixed]])
+            unique, inverse = np.unique(r_all * size + c_all, return_inverse=True)
+            indptr = np.searchsorted(unique // size, np.arange(size + 1)).astype(np.int64)
+            layout = (shape_key, inverse.reshape(-1), (unique % size).astype(np.int64), indptr)
+            cache["layout"] = layout
+        _, inverse, indices, indptr = layout
+        data = np.bincount(inverse, weights=np.concatenate(vals[:fixed]), minlength=indices.size)
+        out = sparse.csr_matrix((data, indices, indptr), shape=(size, size))
+        rows, vals = rows[fixed:], vals[fixed:]
+    if rows:
+        rest = sparse.coo_matrix(
+            (np.concatenate(vals), (np.concatenate([np.repeat(r, r.shape[1], axis=1).ravel() for r in rows]),
+                                    np.concatenate([np.tile(r, (1, r.shape[1])).ravel() for r in rows]))),
+            shape=(size, size)).tocsr()
+        out = rest if out is None else out + rest
+    return out
 
 
 def _assemble_b_hessian(idx: np.ndarray, weight: np.ndarray, param_of_atom: np.ndarray | None,
