@@ -174,6 +174,20 @@ def test_max_iter_caps_each_route_and_max_cycles_is_not_success():
     assert not result.success and result.status is Status.MAX_CYCLES and result.iterations == 2
 
 
+@pytest.mark.parametrize("precision", ["half", "bfloat16"])
+def test_sixteen_bit_factors_solve_a_well_conditioned_system_by_plain_refinement(precision):
+    """The 16-bit factors are those of ``2**12 A_s`` (half: kept in range); their solves must be scaled
+    back exactly, so that plain refinement contracts from its first correction on (it once was off by
+    2**24 and only GMRES-IR, which ignores the scale of its preconditioner, hid that)."""
+    rng = np.random.default_rng(7)
+    a = rng.standard_normal((80, 80)) + 20 * np.eye(80)
+    b = rng.standard_normal(80)
+    result = solve(a, b, precision=precision)
+    assert result.success and result.path == "ir"
+    steps = [r.step for r in result.history if r.step is not None]
+    assert steps[0] < 0.1 and len(result.attempts) == 1
+
+
 def test_growth_overflowing_half_falls_back_and_ir_alone_reports_failure():
     a = wilkinson(40)  # U's last column reaches 2**39: beyond float16's range
     b = a @ np.ones(40)

@@ -23,7 +23,7 @@ from ..core.result import _fmt, history_table
 from .bounds import componentwise_backward_errors
 from .bounds import error_bounds as compute_error_bounds
 from .precision import DOUBLE_EPS, UNIT_ROUNDOFF, resolve_precision
-from .problem import GmresCorrector, IterativeRefinementProblem, LUCorrector
+from .problem import GmresCorrector, IterativeRefinementProblem, LUCorrector, gmres_budget
 from .systems import DenseSystem, FactorizationFailed, SparseSystem, converged_backward_error
 
 ROUTES = {"auto": ("ir", "gmres-ir", "double"), "ir": ("ir",), "gmres-ir": ("gmres-ir",),
@@ -359,7 +359,7 @@ def _solve_system(system: Any, precision: str, tol: float, max_iter: int | None,
     chosen = None
     for index, route in enumerate(routes):
         last_route = index == len(routes) - 1
-        x0 = None
+        x0 = r0 = None
         if route in ("ir", "gmres-ir"):
             if low is None and low_failure is None:
                 try:
@@ -373,21 +373,29 @@ def _solve_system(system: Any, precision: str, tol: float, max_iter: int | None,
             if route == "ir":
                 corrector: Any = LUCorrector(system, low, "ir")
             else:
-                corrector = GmresCorrector(system, low)
+                budget = max(50, gmres_budget(system.n, precision)) if len(routes) == 1 else None
+                corrector = GmresCorrector(system, low, max_inner=budget)
+                if not last_route:
+                    doomed = _doomed_for_gmres(low, corrector.budget)
+                    if doomed is not None:
+                        attempts.append(Attempt(route, precision, "not_run", doomed, 0, math.inf, 0.0))
+                        alarms.append(Alarm("fallback", None,
+                                            f"{route}: {doomed}; trying {routes[index + 1]}"))
+                        continue
                 if best is not None and _good_start(best):
-                    x0 = best[1]
+                    x0, r0 = best[1], best[6].residual_of(best[1])
             factor_precision = precision
         else:
             factors = system.factor_double()  # a SingularMatrixError propagates: nothing can be done
             corrector = LUCorrector(system, factors, "double")
             factor_precision = "double"
         cap = max_iter if max_iter is not None else DEFAULT_MAX_ITER[route]
-        problem = IterativeRefinementProblem(system, corrector, x0, converged_backward_error=eta_tol)
+        problem = IterativeRefinementProblem(system, corrector, x0, converged_backward_error=eta_tol, r0=r0)
         tick = time.perf_counter()
         run = refine(problem, max_cycles=cap, xtol=tol, stagnation=0.5, divergence=math.inf,
                      restore_best=True, callbacks=callbacks)
         seconds = time.perf_counter() - tick
-        ok, status, message = _judge(run, route, eta_tol)
+        ok, status, message = _judge(run, route, eta_tol, getattr(corrector, "stopped", None))
         inner = getattr(corrector, "total_inner_iterations", 0)
         attempts.append(Attempt(route, factor_precision, status.label, message, run.n_cycles, run.best.work,
                                 seconds, run.history, inner))
@@ -416,7 +424,11 @@ def _solve_system(system: Any, precision: str, tol: float, max_iter: int | None,
 
     r = final_problem.residual_of(x)
     eta_shape = (*getattr(system, "batch_shape", ()), system.k)
-    eta = system.backward_errors(x, r).reshape(eta_shape)
+    checked = final_problem._checked
+    if checked is not None and checked[0] is x and final_problem._etas is not None:
+        eta = final_problem._etas.reshape(eta_shape)  # x is the last model checked: its errors are known
+    else:
+        eta = system.backward_errors(x, r).reshape(eta_shape)
     omega = normwise = componentwise = None
     trusted = True
     if error_bounds:
@@ -479,22 +491,52 @@ def _largest_step(attempts: list[Attempt]) -> float:
 
 
 def _good_start(best: tuple) -> bool:
-    """Start GMRES-IR from plain refinement's best ``x`` where the correction computed from it was
-    below 10 % of it (a garbage ``x`` from factors that failed outright would only add cancellation)."""
+    """Start GMRES-IR from plain refinement's best ``x`` (whose residual is known) where the correction
+    computed from it was smaller than ``x`` itself: an ``x`` whose error exceeds it would only add
+    cancellation, and GMRES-IR starts from zero instead."""
     _, _, _, best_cycle, history, _, _ = best
     if best_cycle + 1 < len(history):
         step = history[best_cycle + 1].step
-        return step is not None and step < 0.1
+        return step is not None and step < 1.0
     return False
 
 
-def _judge(run: RefinementResult, route: str, eta_tol: float) -> tuple[bool, Status, str]:
+def _doomed_for_gmres(factors: Any, budget: int) -> str | None:
+    """Why GMRES-IR would not pay with these low-precision factors, or None.
+
+    The factors fail (plain refinement did not contract) in the directions where the rounding errors
+    of the factorization are not small beside ``A`` itself, and each such direction costs GMRES about
+    one iteration. They show as pivots produced by heavy cancellation: pivot ``k`` carries a rounding
+    error of about ``u (|L||U|)_kk``, and where ``|u_kk| / (|L||U|)_kk < sqrt(u) / 2`` it has lost half
+    its digits or more (a tiny pivot of a tiny row, as in circuit matrices, is exact and does not
+    count). Where the sample (:meth:`~refinekit.linalg.systems.DenseLU.cancellation`) shows more such
+    pivots than four times the budget of GMRES iterations (random matrices whose singular values
+    decay geometrically to 1e-8 have about half of them so), a double factorization is the cheaper
+    way; where a few are (a handful of small singular values), GMRES converges in a few iterations
+    (Carson & Higham 2017). A heuristic for the time only: a wrong call costs time, never accuracy."""
+    cancellation = getattr(factors, "cancellation", None)
+    if cancellation is None:
+        return None
+    ratios, _ = cancellation()
+    if ratios.size == 0:
+        return None
+    damaged = float(np.mean(ratios < 0.5 * math.sqrt(factors.unit_roundoff))) * factors.lu.shape[0]
+    if damaged > 4 * budget:
+        return (f"not run: about {damaged:.0f} pivots of the {factors.precision} LU lost half their digits "
+                f"or more to cancellation, more than GMRES could resolve in its {budget} iterations")
+    return None
+
+
+def _judge(run: RefinementResult, route: str, eta_tol: float, stopped: str | None = None
+           ) -> tuple[bool, Status, str]:
     """Did this route reach the solution? (``ok``, the status to report, the message.)
 
     Converged: the corrections fell below ``tol``, or stopped shrinking once they had been shrinking
     (refinement reached its limiting accuracy); in both cases the backward error must be at most
     ``eta_tol``. Plain refinement that stopped shrinking before it ever contracted has not converged:
-    it is too slow to trust, and GMRES-IR takes over.
+    it is too slow to trust, and GMRES-IR takes over. GMRES-IR that ran out of its budget or gave up
+    (``stopped``: why) has not converged either, whatever its backward error: its last correction was
+    not checked to have reached the limiting accuracy.
     """
     eta = run.best.work
     status = run.status
@@ -507,6 +549,8 @@ def _judge(run: RefinementResult, route: str, eta_tol: float) -> tuple[bool, Sta
         return False, status, f"{run.message} (backward error {eta:.2g} > {eta_tol:.2g})"
     if status is Status.CONVERGED:
         return True, status, run.message
+    if status is Status.STAGNATED and stopped is not None:
+        return False, status, f"{stopped} (backward error {eta:.2g})"
     if status is Status.STAGNATED:
         steps = [r.step for r in run.history if r.step is not None]
         contracted = any(later <= 0.5 * earlier for earlier, later in itertools.pairwise(steps))

@@ -56,8 +56,11 @@ def fgmres(
 
     Stops when the relative residual ``||rhs - A x|| / ||rhs||`` is at most ``tol``, after ``max_iter``
     iterations, or, with ``give_up_after``, once at least that many iterations show a rate at which
-    ``tol`` would take more than ``max_iter`` (``gave_up``: the preconditioner is too poor for GMRES to
-    pay). ``new_basis(rows)`` returns a zeroed ``(rows, n)`` array of the vectors' kind.
+    ``tol`` would take more than twice ``max_iter`` (``gave_up``: the preconditioner is too poor for
+    GMRES to pay; the margin because GMRES speeds up once it has resolved the few eigenvalues the
+    preconditioner leaves far from 1, and because running on to ``max_iter`` costs less than giving up
+    a solve that would have converged). ``new_basis(rows)`` returns a zeroed ``(rows, n)`` array of the
+    vectors' kind.
 
     >>> import numpy as np
     >>> a = np.array([[4.0, 1.0], [2.0, 3.0]])
@@ -120,7 +123,7 @@ def fgmres(
         if give_up_after is not None and iterations >= give_up_after and residual > 0.0:
             # iterations needed at the geometric rate seen so far (none at all: never)
             needed = iterations * math.log(tol) / math.log(residual) if residual < 1.0 else math.inf
-            if needed > m:
+            if needed > 2 * m:
                 gave_up = True
                 break
     if iterations == 0:

@@ -26,6 +26,7 @@ import numpy as np
 from ..core import RefinementProblem, Scores, Status, StopRefinement
 from .gmres import fgmres
 from .precision import DOUBLE_EPS
+from .systems import DenseLU, DenseSystem
 
 
 def _power_of_two_scale(largest: float) -> float:
@@ -42,10 +43,15 @@ class LUCorrector:
         self.factors = factors
         self.route = route
         self.inner_iterations = 0
+        # dense numpy systems take the lean path: one pass that scales and rounds, the LAPACK solve,
+        # one pass that widens and scales back
+        self._dense = isinstance(system, DenseSystem) and isinstance(factors, DenseLU)
 
     def solve(self, r: np.ndarray, r_norm: np.ndarray | None = None) -> np.ndarray:
         """``A^-1 r`` through the factors; ``r_norm``: the columns' largest magnitudes, if known."""
         system = self.system
+        if self._dense:
+            return system.solve_with(self.factors, r, r_norm)
         scaling = system.scaling
         # normalise r by a power of two first: with extreme row scale factors, R r could otherwise
         # fall into the subnormal range and lose digits (and without row scaling, R r = r is then
@@ -62,7 +68,7 @@ class LUCorrector:
         return scaling.transpose_from_scaled(solved) / scale
 
     def initial(self) -> np.ndarray:
-        return self.solve(self.system.b)
+        return self.solve(self.system.b, getattr(self.system, "b_norm", None))
 
     def correct(self, r: np.ndarray, r_norm: np.ndarray | None = None) -> np.ndarray:
         return self.solve(r, r_norm)
@@ -72,43 +78,82 @@ class LUCorrector:
         return LUCorrector(self.system.item(i), self.factors.item(i), self.route)
 
 
+def gmres_budget(n: int, precision: str = "single") -> int:
+    """GMRES iterations that GMRES-IR may spend on an ``n x n`` system before a double factorization
+    is the cheaper way. One iteration reads ``A`` and the (float64) factors once each, ``16 n^2``
+    bytes, while the double LU does ``2 n^3 / 3`` flops; on a CPU whose matrix products run at about
+    three flops per byte of memory traffic, an iteration costs ``~64 / n`` of the LU (measured: 0.03
+    at n = 2000). With single factors (about half a double LU, already spent), the budget is ``n / 90``,
+    about 0.7 of a double LU: GMRES-IR that succeeds costs at most ~1.3 double solves. The 16-bit and
+    TF32 factorizations cost a small fraction of a double LU on a GPU (on the CPU they are emulated,
+    for their accuracy): ``n / 40``. Between 6 and 80."""
+    return max(6, min(80, n // (90 if precision == "single" else 40)))
+
+
 class GmresCorrector:
     """Corrections by flexible GMRES in double precision on the scaled system, right-preconditioned by
-    the low-precision LU factors; one GMRES solve per right-hand side.
+    the low-precision LU factors applied in double precision (a float64 copy of them, made on first
+    use); one GMRES solve per right-hand side.
 
-    GMRES stops when it has reduced the correction equation's residual by ``inner_tol`` (1e-10: the
-    residual, unlike the error, is no guide for an ill-conditioned ``A``, and with ``kappa * 1e-10``
-    below 1 each correction contracts the error whatever the residual says). The route has a budget of
-    GMRES iterations (by default ``n / 40``, between 12 and 80: one iteration costs about two passes
-    over ``A``, a double factorization about ``n / 50`` to ``n / 15`` of them), and GMRES gives up after
-    ``give_up_after`` iterations that show it would need more than what is left of the budget: then the
-    preconditioner is too poor for GMRES to pay, and the caller falls back to a double factorization
-    having lost little.
+    GMRES stops when it has reduced the correction equation's residual far enough for the corrected
+    ``x`` to reach a backward error at the unit roundoff: by ``u / (4 eta)`` where ``eta`` is the
+    current backward error (``inner_tol`` if given; between 1e-14 and 1e-2). The route has a budget of
+    GMRES iterations (:func:`gmres_budget` by default), and GMRES gives up after ``give_up_after``
+    iterations that show it would need more than what is left of the budget: then the preconditioner
+    is too poor for GMRES to pay, and the caller falls back to a double factorization having lost
+    little.
     """
 
     route = "gmres-ir"
+    wants_backward_errors = True
 
-    def __init__(self, system: Any, factors: Any, *, max_inner: int | None = None, give_up_after: int = 8,
-                 inner_tol: float = 1e-10) -> None:
+    def __init__(self, system: Any, factors: Any, *, max_inner: int | None = None, give_up_after: int = 4,
+                 inner_tol: float | None = None) -> None:
         self.system = system
         self.factors = factors
-        self.budget = int(max_inner) if max_inner is not None else min(80, max(12, system.n // 40))
+        self.budget = (int(max_inner) if max_inner is not None
+                       else gmres_budget(system.n, getattr(factors, "precision", "single")))
         self.give_up_after = int(give_up_after)
-        self.inner_tol = float(inner_tol)
+        self.inner_tol = None if inner_tol is None else float(inner_tol)
         self.inner_iterations = 0
         self.total_inner_iterations = 0
+        self.backward_errors: np.ndarray | None = None
+        #: why GMRES stopped short (budget used up, gave up), if it did
+        self.stopped: str | None = None
+        self._preconditioner: Any = None
+
+    @property
+    def preconditioner(self) -> Any:
+        """The factors as GMRES applies them: promoted to float64 where the factors can be (dense and
+        torch), in their own precision otherwise (SuperLU)."""
+        if self._preconditioner is None:
+            promote = getattr(self.factors, "promoted", None)
+            self._preconditioner = promote() if promote is not None else self.factors
+        return self._preconditioner
 
     def _scaled_matvec(self, v: np.ndarray) -> np.ndarray:
         scaling = self.system.scaling
+        if not scaling.active:
+            return self.system.matvec(v)
         return scaling.to_scaled(self.system.matvec(scaling.from_scaled(v[:, None])))[:, 0]
 
-
     def _precondition(self, v: np.ndarray) -> np.ndarray:
-        return self.factors.solve(v[:, None])[:, 0]
+        return self.preconditioner.solve(v[:, None])[:, 0]
+
+    def _target(self, j: int, tol: float | None) -> float:
+        if tol is not None:
+            return tol
+        if self.inner_tol is not None:
+            return self.inner_tol
+        etas = self.backward_errors
+        eta = float(etas[j]) if etas is not None and j < len(etas) else math.inf
+        if not (eta > 0 and math.isfinite(eta)):
+            return 1e-14
+        return min(1e-2, max(1e-14, 0.05 * DOUBLE_EPS / eta))
 
     def solve(self, r: np.ndarray, tol: float | None = None) -> np.ndarray:
-        """``A^-1 r`` by GMRES to relative residual ``tol`` (default: the corrector's ``inner_tol``,
-        within the iteration budget, giving up where that would not pay)."""
+        """``A^-1 r`` by GMRES to relative residual ``tol`` (default: see the class; within the
+        iteration budget, giving up where that would not pay)."""
         scaling = self.system.scaling
         normalise = self.system.column_scale(r)
         rs = scaling.to_scaled(r * normalise)
@@ -118,14 +163,13 @@ class GmresCorrector:
         for j in range(k):
             left = self.budget - self.total_inner_iterations - self.inner_iterations
             if tol is None and left <= 0:
-                raise StopRefinement(Status.STAGNATED, f"GMRES-IR used up its budget of {self.budget} GMRES "
-                                                       f"iterations")
+                self.stopped = f"GMRES-IR used up its budget of {self.budget} GMRES iterations"
+                raise StopRefinement(Status.STAGNATED, self.stopped)
             # GMRES is linear: a power of two bringing the column near 1 keeps its norms from
             # overflowing or underflowing, and is undone exactly
             scale = _power_of_two_scale(self.system.column_norms(rs[:, j:j + 1])[0])
             column = self.system.contiguous(rs[:, j] * scale)
-            target = self.inner_tol if tol is None else tol
-            outcome = fgmres(self._scaled_matvec, self._precondition, column, tol=target,
+            outcome = fgmres(self._scaled_matvec, self._precondition, column, tol=self._target(j, tol),
                              max_iter=min(left if tol is None else self.budget, n),
                              new_basis=self.system.new_basis,
                              give_up_after=self.give_up_after if tol is None else None)
@@ -135,10 +179,10 @@ class GmresCorrector:
                                      "GMRES-IR broke down: the preconditioned vector is not finite")
             if outcome.gave_up:
                 self.total_inner_iterations += self.inner_iterations
-                raise StopRefinement(Status.STAGNATED, (
-                    f"GMRES-IR gave up after {outcome.iterations} GMRES iterations: relative residual "
-                    f"{outcome.relative_residual:.2g}, at a rate that would need more than the {left} left "
-                    f"of its budget"))
+                self.stopped = (f"GMRES-IR gave up after {outcome.iterations} GMRES iterations: relative "
+                                f"residual {outcome.relative_residual:.2g}, at a rate that would need more "
+                                f"than twice the {left} left of its budget")
+                raise StopRefinement(Status.STAGNATED, self.stopped)
             out[:, j] = outcome.x / scale
         self.total_inner_iterations += self.inner_iterations
         return scaling.from_scaled(out) / normalise
@@ -151,18 +195,19 @@ class GmresCorrector:
         vs = scaling.transpose_to_scaled(v * normalise)
         n, k = vs.shape
         out = vs * 0.0
+        preconditioner = self.preconditioner
 
         def matvec(u: np.ndarray) -> np.ndarray:
             product = system.rmatvec(scaling.transpose_from_scaled(u[:, None]))
             return scaling.transpose_to_scaled(product)[:, 0]
 
         def precondition(u: np.ndarray) -> np.ndarray:
-            return self.factors.solve(u[:, None], transposed=True)[:, 0]
+            return preconditioner.solve(u[:, None], transposed=True)[:, 0]
 
         for j in range(k):
             scale = _power_of_two_scale(system.column_norms(vs[:, j:j + 1])[0])
             outcome = fgmres(matvec, precondition, system.contiguous(vs[:, j] * scale), tol=tol,
-                             max_iter=min(self.budget, n), new_basis=system.new_basis)
+                             max_iter=min(max(self.budget, 20), n), new_basis=system.new_basis)
             out[:, j] = outcome.x / scale
         return scaling.transpose_from_scaled(out) / normalise
 
@@ -178,20 +223,26 @@ class IterativeRefinementProblem(RefinementProblem):
 
     Work score: the largest normwise backward error over the right-hand sides. Figures per cycle:
     ``backward_error`` and ``inner_iterations`` (GMRES iterations spent on the correction that produced
-    this model; 0 for LU corrections).
+    this model; 0 for LU corrections), and ``componentwise_backward_error`` where it is checked.
+
+    ``r0``: the residual of ``x0``, where the caller has it (plain refinement's best model, handed to
+    GMRES-IR, comes with its residual).
     """
 
     def __init__(self, system: Any, corrector: Any, x0: np.ndarray | None = None, *,
-                 converged_backward_error: float = 0.0, divergence: float = 1e3) -> None:
+                 converged_backward_error: float = 0.0, divergence: float = 1e3, r0: Any = None) -> None:
         self.system = system
         self.corrector = corrector
         self.x0 = x0
+        self.r0 = r0 if x0 is not None else None
         self.converged_backward_error = float(converged_backward_error)
         self.divergence = float(divergence)
+        self._wants_etas = getattr(corrector, "wants_backward_errors", False)
         self._residual: np.ndarray | None = None
         # column norms of the last model checked and of the last correction, so that each vector's
         # norms are taken once per cycle (it shows for small n)
         self._checked: tuple[Any, np.ndarray, np.ndarray] | None = None
+        self._etas: np.ndarray | None = None
         self._corrected: tuple[Any, np.ndarray] | None = None
         # |A||x| + |b| for the componentwise backward error, taken once x has settled to 3 digits
         self._magnitudes: Any = None
@@ -212,12 +263,16 @@ class IterativeRefinementProblem(RefinementProblem):
 
     def check(self, x: np.ndarray) -> Scores:
         system = self.system
-        r = system.residual(x)
+        if self.r0 is not None and x is self.x0:
+            r = self.r0
+        else:
+            r = system.residual(x)
         self._residual = r
         r_norm, x_norm = system.column_norms(r), system.column_norms(x)
         self._checked = (x, x_norm, r_norm)
         etas = system.backward_errors_from_norms(r_norm, x_norm)
-        eta = float(np.max(etas)) if etas.size else 0.0
+        self._etas = etas
+        eta = float(etas.max()) if etas.size else 0.0
         lowest = self._best[0] if self._best is not None else math.inf
         if eta > self.divergence * lowest and eta > self.converged_backward_error:
             # the engine's own rule would also fire among backward errors at rounding level, where a
@@ -225,9 +280,12 @@ class IterativeRefinementProblem(RefinementProblem):
             raise StopRefinement(Status.DIVERGED, (
                 f"diverged: backward error {eta:.3g} rose above {self.divergence:g} x its lowest value "
                 f"{self._best[0]:.3g}"))
-        if self._best is None or eta < self._best[0]:
+        if self._best is None or eta < lowest:
             self._best = (eta, x, r)
-        self._recent = [*self._recent[-3:], (x, r)]
+        recent = self._recent
+        if len(recent) >= 4:
+            del recent[0]
+        recent.append((x, r))
         figures = {"backward_error": eta, "inner_iterations": float(self._last_inner)}
         if self._magnitudes is None and self._last_step is not None and self._last_step <= 1e-3:
             # |A||x| changes by at most the relative change of x from here on: one pass over |A| serves
@@ -242,10 +300,10 @@ class IterativeRefinementProblem(RefinementProblem):
                 # would be noise. LAPACK's xGERFS stops at one unit; its test can miss by a hair.
                 self._pending_stop = (f"converged: componentwise backward error {omega:.3g} <= 2 x unit "
                                       f"roundoff (every residual component is at its rounding level)")
-        return Scores(work=eta if not math.isnan(eta) else math.inf, figures=figures)
+        return Scores(work=eta if eta == eta else math.inf, figures=figures)
 
     def residual_of(self, x: np.ndarray) -> np.ndarray:
-        """``b - A x``, from the cache where ``x`` is the best model checked."""
+        """``b - A x``, from the cache where ``x`` is one of the last models checked."""
         if self._best is not None and self._best[1] is x:
             return self._best[2]
         for model, residual in self._recent:
@@ -258,6 +316,8 @@ class IterativeRefinementProblem(RefinementProblem):
             raise StopRefinement(Status.CONVERGED, self._pending_stop)
         if self._checked is None or self._checked[0] is not x:  # pragma: no cover - the engine checks first
             self.check(x)
+        if self._wants_etas:
+            self.corrector.backward_errors = self._etas
         d = self.corrector.correct(self._residual, self._checked[2])
         self._last_inner = getattr(self.corrector, "inner_iterations", 0)
         d_norm = self.system.column_norms(d)

@@ -124,9 +124,12 @@ class DenseLU:
         self.lu = lu
         self.pivots = pivots
         self.precision = precision
+        #: ``A_s^-1 = multiplier * (mu A_s)^-1``: the solves of the factors are multiplied by ``mu``
         self.multiplier = float(multiplier)
         self.unit_roundoff = UNIT_ROUNDOFF[precision]
         self._getrs = lapack.sgetrs if lu.dtype == np.float32 else lapack.dgetrs
+        self._buffer: np.ndarray | None = None
+        self._promoted: DenseLU | None = None
 
     def solve(self, v: np.ndarray, transposed: bool = False, prescaled: bool = False) -> np.ndarray:
         """``A_s^-1 v`` (``A_s^-T v`` if ``transposed``), computed in the factors' precision.
@@ -140,13 +143,74 @@ class DenseLU:
             out = out / scale
         return out * self.multiplier if self.multiplier != 1.0 else out
 
+    def solve_normalised(self, v: np.ndarray, scale: np.ndarray, post: Any) -> np.ndarray:
+        """``post * A_s^-1 (scale * v)`` in float64 for float64 ``v`` of shape ``(n, k)``: the hot path
+        of refinement. ``scale`` (``(k,)``, powers of two) brings each column of ``v`` into float32's
+        range before it is rounded to the factors' precision (one pass that multiplies and rounds into
+        a reused buffer); ``post`` undoes it (and applies the column scaling), one pass that widens."""
+        if self.lu.dtype == np.float64:
+            x, _info = self._getrs(self.lu, self.pivots, v * scale, trans=1, overwrite_b=True)
+            return x * post
+        buffer = self._buffer
+        if buffer is None or buffer.shape != v.shape:
+            buffer = self._buffer = np.empty(v.shape, dtype=self.lu.dtype, order="F")
+        np.multiply(v, scale, out=buffer, casting="unsafe")
+        x, _info = self._getrs(self.lu, self.pivots, buffer, trans=1, overwrite_b=True)
+        return np.multiply(x, post, dtype=np.float64)
+
+    def promoted(self) -> DenseLU:
+        """The same factors in float64 (a copy, made once): solves that apply them exactly, as GMRES-IR
+        needs of its preconditioner (Carson & Higham 2017). Applied in float32, a preconditioned vector
+        carries rounding errors relative to its largest component, which for an ill-conditioned ``A`` is
+        the near-null direction: the well-conditioned components drown and GMRES stalls."""
+        if self.lu.dtype == np.float64:
+            return self
+        if self._promoted is None:
+            self._promoted = DenseLU(self.lu.astype(np.float64), self.pivots, self.precision, self.multiplier)
+        return self._promoted
+
+    def cancellation(self, chunks: int = 16, rows: int = 8) -> tuple[np.ndarray, np.ndarray]:
+        """``|u_kk| / (|L||U|)_kk`` for a sample of pivots (``chunks`` runs of ``rows`` consecutive
+        ones, evenly spread; all of them for a small matrix), and their indices: how much of the
+        magnitude of the terms that produced each pivot survived their cancellation. The rounding error
+        of pivot ``k`` is about ``u (|L||U|)_kk``, so a pivot whose ratio is below ``u / eps`` is known to
+        relative accuracy ``eps`` at best. Runs of consecutive rows keep the reads of the (column-major)
+        factors to a few cache lines per column.
+
+        >>> from scipy.linalg import lapack
+        >>> a = np.array([[1.0, 1.0], [1.0, 1.0 + 2.0**-20]], dtype=np.float32)
+        >>> lu, piv, _ = lapack.sgetrf(a)
+        >>> ratios, index = DenseLU(lu, piv, "single").cancellation()
+        >>> ratios.round(7).tolist(), index.tolist()
+        [[1.0, 4.8e-07], [0, 1]]
+        """
+        lu = self.lu
+        n = lu.shape[0]
+        if n <= chunks * rows:
+            starts = np.arange(0, n, rows)
+        else:
+            starts = np.linspace(0, n - rows, chunks).astype(np.int64)
+        out, index = [], []
+        for k0 in starts:
+            k1 = min(k0 + rows, n)
+            lower = np.abs(lu[k0:k1, :k1])          # rows k of L (and U's diagonal part)
+            upper = np.abs(lu[:k1, k0:k1]).T        # columns k of U
+            product = lower * upper                 # (k, j): |l_kj| |u_jk|, wanted for j < k
+            keep = np.arange(k1)[None, :] < np.arange(k0, k1)[:, None]
+            diagonal = np.abs(np.diagonal(lu)[k0:k1]).astype(np.float64)
+            terms = np.where(keep, product, 0.0).sum(axis=1, dtype=np.float64) + diagonal
+            with np.errstate(divide="ignore", invalid="ignore"):
+                out.append(np.where(terms > 0, diagonal / terms, 1.0))
+            index.append(np.arange(k0, k1))
+        return np.concatenate(out), np.concatenate(index)
+
     def reciprocal_condition(self, norm_inf: float) -> float:
         """LAPACK's estimate of ``1 / kappa_inf(A_s)`` from the factors (``norm_inf = ||A_s||_inf``)."""
         from scipy.linalg import lapack
 
         gecon = lapack.sgecon if self.lu.dtype == np.float32 else lapack.dgecon
-        # the factors are those of A_s^T, whose 1-norm is A_s's infinity norm
-        rcond, _info = gecon(self.lu, norm_inf / self.multiplier, norm="1")
+        # the factors are those of (mu A_s)^T, whose 1-norm is mu times A_s's infinity norm
+        rcond, _info = gecon(self.lu, norm_inf * self.multiplier, norm="1")
         return float(rcond)
 
 
@@ -179,7 +243,7 @@ class NumpyVectors:
 
     def column_norms(self, v: np.ndarray) -> np.ndarray:
         """``||v_j||_inf`` of each column (a flat numpy array; NaN where the column has a NaN)."""
-        return np.max(np.abs(v), axis=0) if v.shape[0] else np.zeros(v.shape[1])
+        return np.abs(v).max(axis=0) if v.shape[0] else np.zeros(v.shape[1])
 
     def backward_errors(self, x: np.ndarray, r: np.ndarray) -> np.ndarray:
         """Normwise backward error of each column (see :func:`backward_errors`)."""
@@ -250,14 +314,13 @@ class DenseSystem(NumpyVectors):
             self.scaling = choose_scaling(row_max, lambda row: col_max if row is None
                                           else self._column_max(a, row))
             return
-        with np.errstate(over="ignore", invalid="ignore"):  # out of float32's range: the slow path below
-            low = a.astype(np.float32)
-        row_max, row_sum, col_max = self._statistics(low)
+        low = np.empty((n, n), dtype=np.float32)
+        row_max, row_sum, col_max = self._statistics(a, low)
         tiny = 2.0**-100
         if np.all(np.isfinite(row_sum)) and row_max.min() > tiny and col_max.min() > tiny:
             # the float32 copy holds A to its own accuracy: enough for a norm and scale factors
-            # (the factor covers the rounding of the entries and of the pairwise sums)
-            self.norm_inf = float(row_sum.max()) * (1.0 + (2.0 + math.log2(max(n, 2))) * 2.0**-24)
+            # (the factor covers the rounding of the entries and of the float32 sums)
+            self.norm_inf = float(row_sum.max()) * (1.0 + (n + 2.0) * 2.0**-24)
         else:
             del low
             row_max, row_sum, col_max = self._statistics(a)
@@ -278,21 +341,32 @@ class DenseSystem(NumpyVectors):
             self._scale_into(low, low)
         self.low = low
 
-    def _statistics(self, m: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _statistics(self, m: np.ndarray, low: np.ndarray | None = None
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Largest magnitude of each row and column and each row's sum of magnitudes, in one pass over
-        blocks of rows through one reused buffer (about the cost of a copy of ``m``)."""
+        blocks of rows through one reused buffer. With ``low``, the blocks of ``m`` are rounded into
+        ``low`` (float32) on the way and the statistics are those of ``low``: the matrix is read from
+        memory once, and everything else happens in cache (it is the cost of the cast alone)."""
         n = m.shape[0]
-        row_max = np.empty(n, dtype=m.dtype)
-        row_sum = np.empty(n, dtype=m.dtype)
-        col_max = np.zeros(n, dtype=m.dtype)
-        step = _block_rows(n, m.itemsize)
-        buffer = np.empty((min(step, n), n), dtype=m.dtype)
-        with np.errstate(over="ignore", invalid="ignore"):
+        dtype = m.dtype if low is None else low.dtype
+        row_max = np.empty(n, dtype=dtype)
+        row_sum = np.empty(n, dtype=dtype)
+        col_max = np.zeros(n, dtype=dtype)
+        step = _block_rows(n, np.dtype(dtype).itemsize, 1 << 18)
+        buffer = np.empty((min(step, n), n), dtype=dtype)
+        ones = np.ones(n, dtype=dtype)
+        with np.errstate(over="ignore", invalid="ignore"):  # out of float32's range: Inf, seen below
             for i in range(0, n, step):
-                block = np.abs(m[i:i + step], out=buffer[:min(step, n - i)])
+                rows = min(step, n - i)
+                if low is None:
+                    source = m[i:i + step]
+                else:
+                    source = low[i:i + step]
+                    np.copyto(source, m[i:i + step], casting="unsafe")
+                block = np.abs(source, out=buffer[:rows])
                 block.max(axis=1, out=row_max[i:i + step])
-                block.sum(axis=1, out=row_sum[i:i + step])  # pairwise: error ~ log2(n) u
-                np.fmax(col_max, block.max(axis=0), out=col_max)
+                np.matmul(block, ones, out=row_sum[i:i + step])  # BLAS: error <= n u of the sum
+                np.maximum(col_max, block.max(axis=0), out=col_max)
         return row_max.astype(np.float64), row_sum.astype(np.float64), col_max.astype(np.float64)
 
     def _check_statistics(self, row_max: np.ndarray, row_sum: np.ndarray, col_max: np.ndarray) -> None:
@@ -360,7 +434,7 @@ class DenseSystem(NumpyVectors):
         diagonal = np.diagonal(lu)
         if not np.all(np.isfinite(diagonal)) or np.any(diagonal == 0):
             raise FactorizationFailed(f"the {self.precision} LU overflowed or has a zero pivot")
-        return DenseLU(lu, pivots, self.precision, multiplier=1.0 / multiplier if multiplier != 1.0 else 1.0)
+        return DenseLU(lu, pivots, self.precision, multiplier=multiplier)
 
     def factor_double(self) -> DenseLU:
         from scipy.linalg import lapack
@@ -372,6 +446,23 @@ class DenseSystem(NumpyVectors):
             raise SingularMatrixError(f"the matrix A is singular: exact zero pivot U({info},{info}) in the "
                                       f"double-precision LU")
         return DenseLU(lu, pivots, "double")
+
+    def solve_with(self, factors: DenseLU, r: np.ndarray, r_norm: np.ndarray | None = None) -> np.ndarray:
+        """``A^-1 r`` through LU factors of the scaled matrix: ``C (R A C)^-1 R r``. ``r_norm``: the
+        columns' largest magnitudes, if known (they decide the power of two that brings each column of
+        ``R r`` into float32's range before rounding; with extreme row scale factors, ``R r`` is
+        normalised after the row scaling, so that it can neither overflow nor fall into the subnormals)."""
+        row, col = self.scaling.row, self.scaling.col
+        if row is not None:
+            r = r * row[:, None]
+            r_norm = None
+        if r_norm is None:
+            r_norm = np.max(np.abs(r), axis=0) if r.shape[0] else np.zeros(r.shape[1])
+        scale = powers_of_two_for(r_norm)
+        post = factors.multiplier / scale
+        if col is not None:
+            post = col[:, None] * post
+        return factors.solve_normalised(r, scale, post)
 
     def scaled_norm_inf(self) -> float:
         """``||R A C||_inf`` (for the condition estimate of the scaled factors)."""
@@ -530,10 +621,12 @@ def backward_errors(system: Any, x: np.ndarray, r: np.ndarray) -> np.ndarray:
 
 
 def _rigal_gaches(r_norm: np.ndarray, x_norm: np.ndarray, norm_a: float, b_norm: np.ndarray) -> np.ndarray:
-    denominator = norm_a * x_norm + b_norm
+    denominator = norm_a * x_norm
+    denominator += b_norm
     if denominator.all():  # the usual case, without the cost of errstate and where
         eta = r_norm / denominator
-        return eta if not np.isnan(eta).any() else np.where(np.isnan(eta), np.inf, eta)
+        top = eta.max() if eta.size else 0.0
+        return eta if top == top else np.where(np.isnan(eta), np.inf, eta)  # a NaN makes the max NaN
     with np.errstate(divide="ignore", invalid="ignore"):
         eta = np.where(denominator > 0, r_norm / denominator, np.where(r_norm > 0, np.inf, 0.0))
     return np.where(np.isnan(eta), np.inf, eta)
