@@ -2,7 +2,13 @@
 
 ``Fmodel(h) = k_overall exp(-h' B* h / 4) (Fc(h) + k_sol exp(-B_sol s^2/4) Fmask(h))``; the four
 kinds of parameters are fitted to the working amplitudes by gemmi's ``Scaling`` (Levenberg-Marquardt,
-weights 1/sigma), and with a twin law ``|F|`` becomes ``sqrt((1-a)|Fm(h)|^2 + a|Fm(T h)|^2)``.
+unweighted least squares: :func:`fit_scale`, what ``rfactors`` reports), and with a twin law ``|F|``
+becomes ``sqrt((1-a)|Fm(h)|^2 + a|Fm(T h)|^2)``.
+
+Refinement scales further (:func:`fit_scale_robust`, :func:`refine_binned_scale`): the same parameters
+by a robust loss, then per resolution shell an isotropic factor and the solvent scale ``k_mask >= 0``
+(Afonine et al. 2013): ``Fmodel(h) = k_aniso(h) k_iso(s) (Fc(h) + k_mask(s) Fmask(h))``, all fitted to
+the working set only.
 """
 
 from __future__ import annotations

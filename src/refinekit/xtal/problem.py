@@ -1,11 +1,14 @@
 """The crystallographic refinement problem on the engine: check = R_work/R_free and geometry of a model,
 correct = one macro-cycle of restrained coordinate and B-factor refinement.
 
-One correction: refit the scales, the bulk solvent and the target's parameters (sigma-A) to the current
-model; then a few Gauss-Newton steps on ``weight * X-ray target + restraints``, each solving
-``(weight * F + R) delta = -g`` by conjugate gradients, where ``g`` is the gradient (X-ray part by FFT),
-``F`` the diagonal of the X-ray Fisher information and ``R`` the exact Gauss-Newton matrix of the
-restraints (sparse); a line search along ``delta`` keeps every step downhill.
+One correction: refit the scales (robust anisotropic fit, then per resolution shell; see
+:mod:`.fmodel`) and the bulk solvent to the current model, move the scale's isotropic B into the atoms'
+B-factors, refit the target's parameters (sigma-A); then a few Gauss-Newton steps on
+``weight * X-ray target + restraints``, each solving ``(weight * F + R) delta = -g`` by conjugate
+gradients, where ``g`` is the gradient (X-ray part by FFT), ``F`` the diagonal of the X-ray Fisher
+information and ``R`` the exact Gauss-Newton matrix of the restraints (sparse); the B-factors' steps
+keep their mean (the common B is the scale's), and a line search along ``delta`` keeps every step
+downhill.
 """
 
 from __future__ import annotations
