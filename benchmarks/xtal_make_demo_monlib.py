@@ -1,10 +1,12 @@
 """Make the small monomer-library subset bundled for the xtal demo (src/refinekit/data/xtal/monomers).
 
 It keeps, from a CCP4 monomer library (the one in ../shared/data/xtal/monomers by default): the
-dictionaries of the residues of the demo model, ener_lib.cif, and a mon_lib_list.cif cut down to the
-blocks that gemmi needs for them (library header, their comp_list rows, the peptide links and every
-modification). Then it checks that gemmi builds the same restraints from the subset as from the full
-library. Run: .venv/bin/python benchmarks/xtal_make_demo_monlib.py [MONLIB]
+dictionaries of the residues of the demo models (5WKD, rnase_model, 1SAR), ener_lib.cif, and a
+mon_lib_list.cif cut down to the blocks that gemmi needs for them (library header, their comp_list
+rows, the peptide links and every modification). Then it checks that gemmi builds the same
+restraints from the subset as from the full library, for each model.
+
+Run: .venv/bin/python benchmarks/xtal_make_demo_monlib.py [MONLIB]
 """
 
 from __future__ import annotations
@@ -17,12 +19,13 @@ import gemmi
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "src" / "refinekit" / "data" / "xtal" / "monomers"
-MODEL = ROOT / "src" / "refinekit" / "data" / "xtal" / "5wkd.pdb"
+DATA = ROOT / "src" / "refinekit" / "data" / "xtal"
+MODELS = [DATA / "5wkd.pdb", DATA / "rnase" / "rnase_model.pdb", DATA / "rnase" / "1sar.pdb"]
 LINKS = {"TRANS", "CIS", "PTRANS", "PCIS", "NMTRANS", "NMCIS", "gap", "p", "SS"}
 
 
-def restraint_counts(monlib: Path, names: list[str]) -> tuple[int, ...]:
-    st = gemmi.read_structure(str(MODEL))
+def restraint_counts(monlib: Path, names: list[str], model: Path) -> tuple[int, ...]:
+    st = gemmi.read_structure(str(model))
     st.setup_entities()
     lib = gemmi.read_monomer_lib(str(monlib), names)
     topo = gemmi.prepare_topology(st, lib, h_change=gemmi.HydrogenChange.ReAddButWater)
@@ -32,8 +35,8 @@ def restraint_counts(monlib: Path, names: list[str]) -> tuple[int, ...]:
 
 def main() -> None:
     source = Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT.parent / "shared" / "data" / "xtal" / "monomers"
-    st = gemmi.read_structure(str(MODEL))
-    names = sorted(st[0].get_all_residue_names())
+    names = sorted({name for model in MODELS
+                    for name in gemmi.read_structure(str(model))[0].get_all_residue_names()})
     if OUT.exists():
         shutil.rmtree(OUT)
     (OUT / "list").mkdir(parents=True)
@@ -56,10 +59,12 @@ def main() -> None:
         elif keep:
             out.add_copied_block(block)
     out.write_file(str(OUT / "list" / "mon_lib_list.cif"))
-    full, subset = restraint_counts(source, names), restraint_counts(OUT, names)
-    print("restraints (bonds, angles, torsions, chirals, planes, atoms): full", full, "subset", subset)
-    if full != subset:
-        raise SystemExit("the subset gives other restraints than the full library")
+    for model in MODELS:
+        full, subset = restraint_counts(source, names, model), restraint_counts(OUT, names, model)
+        print(f"{model.name}: restraints (bonds, angles, torsions, chirals, planes, atoms): full", full,
+              "subset", subset)
+        if full != subset:
+            raise SystemExit(f"{model.name}: the subset gives other restraints than the full library")
 
 
 if __name__ == "__main__":
