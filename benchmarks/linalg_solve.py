@@ -1,7 +1,11 @@
 """refinekit.linalg.solve against numpy.linalg.solve, LAPACK dgesv (scipy) and LAPACK dsgesv, in one run.
 
-Matrices: ``U diag(s) V^T`` with Haar-random orthogonal ``U``, ``V`` and singular values spread
-geometrically from 1 to ``1/kappa``; ``b = A x`` with ``x ~ N(0, 1)``. For each case every solver runs
+Matrices: ``U diag(s) V^T`` with Haar-random orthogonal ``U``, ``V`` and singular values ``s`` of one of
+two spectra (``--spectra``): ``geometric``, spread geometrically from 1 to ``1/kappa`` (LAPACK's randsvd
+mode 3: a quarter to a half of them below float32's reach once kappa >= 1e8, the hard case for
+GMRES-IR), or ``few-small``, all 1 but five spread geometrically from 1e-2 to ``1/kappa`` (a handful of
+near-null directions, where GMRES-IR with float32 factors converges in a few iterations); ``b = A x``
+with ``x ~ N(0, 1)``. For each case every solver runs
 ``--repeats`` times, interleaved (so that a slow spell of the machine hits all alike); the table gives
 median times, ratios to dgesv, and the forward error ``||x - x*||_inf / ||x*||_inf`` against a solution
 computed with long-double residuals. dsgesv is LAPACK's own mixed-precision solver (single LU, double
@@ -13,7 +17,10 @@ some machines set and which slow current numpy (the caller's environment is unto
 libraries in use are reported.
 
     python benchmarks/linalg_solve.py [--sizes 500 2000 4000] [--kappas 1e2 1e6 1e8] [--repeats 5]
-                                      [--threads 1 all] [--markdown out.md]
+                                      [--spectra geometric few-small] [--threads 1 all] [--markdown out.md]
+
+The load average of the machine is printed beside each table (before and after its runs): on a shared
+machine, quote ratios from quiet runs only.
 """
 
 from __future__ import annotations
@@ -88,14 +95,29 @@ def _blas_info() -> str:
     return f"numpy: {numpy_blas}; scipy: {scipy_blas}"
 
 
-def _matrices(n: int, kappas: list[float], seed: int):
+def singular_values(n: int, kappa: float, spectrum: str):
+    """The singular values of a test matrix of condition ``kappa`` (see the module)."""
+    import numpy as np
+
+    if spectrum == "geometric":
+        return np.logspace(0, -np.log10(kappa), n)
+    if spectrum == "few-small":
+        values = np.ones(n)
+        few = min(5, n)
+        values[n - few:] = np.logspace(-2, -np.log10(kappa), few) if kappa > 100 else 1.0 / kappa
+        return values
+    raise ValueError(f"unknown spectrum {spectrum!r}")
+
+
+def _matrices(n: int, kappas: list[float], spectra: list[str], seed: int):
     import numpy as np
 
     rng = np.random.default_rng(seed)
     left, _ = np.linalg.qr(rng.standard_normal((n, n)))
     right, _ = np.linalg.qr(rng.standard_normal((n, n)))
-    for kappa in kappas:
-        yield kappa, (left * np.logspace(0, -np.log10(kappa), n)) @ right.T
+    for spectrum in spectra:
+        for kappa in kappas:
+            yield spectrum, kappa, (left * singular_values(n, kappa, spectrum)) @ right.T
 
 
 def _reference(a, b):
@@ -110,7 +132,7 @@ def _reference(a, b):
     return x.astype(np.float64)
 
 
-def worker(sizes: list[int], kappas: list[float], repeats: int, seed: int) -> list[dict]:
+def worker(sizes: list[int], kappas: list[float], spectra: list[str], repeats: int, seed: int) -> list[dict]:
     import numpy as np
     import scipy.linalg.lapack as lapack
 
@@ -119,7 +141,7 @@ def worker(sizes: list[int], kappas: list[float], repeats: int, seed: int) -> li
     dsgesv = _dsgesv()
     rows = []
     for n in sizes:
-        for kappa, a in _matrices(n, kappas, seed):
+        for spectrum, kappa, a in _matrices(n, kappas, spectra, seed):
             b = (a @ np.random.default_rng(seed + 1).standard_normal(n))[:, None]
             reference = _reference(a, b[:, 0])
             runs = {
@@ -141,9 +163,10 @@ def worker(sizes: list[int], kappas: list[float], repeats: int, seed: int) -> li
                     times[name].append(time.perf_counter() - tick)
                     errors[name] = float(np.max(np.abs(x[:, 0] - reference)) / np.max(np.abs(reference)))
                     details[name] = info
-            rows.append({"n": n, "kappa": kappa, "times": {k: float(np.median(v)) for k, v in times.items()},
+            rows.append({"n": n, "kappa": kappa, "spectrum": spectrum,
+                         "times": {k: float(np.median(v)) for k, v in times.items()},
                          "errors": errors, "details": details})
-            print(f"  n={n} kappa={kappa:.0e} done", file=sys.stderr, flush=True)
+            print(f"  n={n} kappa={kappa:.0e} {spectrum} done", file=sys.stderr, flush=True)
     return rows
 
 
@@ -156,7 +179,8 @@ def _dsgesv_run(dsgesv, a, b):
 
 def _refinekit_run(solve, a, b, bounds: bool):
     result = solve(a, b, error_bounds=bounds)
-    info = {"path": result.path, "iterations": result.iterations, "success": result.success}
+    info = {"path": result.path, "iterations": result.iterations, "success": result.success,
+            "inner": sum(attempt.inner_iterations for attempt in result.attempts)}
     if bounds:
         info["bound"] = result.forward_error_bound
     return result.x, info
@@ -171,27 +195,35 @@ def run_setting(threads: str, args: argparse.Namespace) -> dict:
     for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         env[var] = count
     command = [sys.executable, __file__, "--worker", "--sizes", *map(str, args.sizes), "--kappas",
-               *map(str, args.kappas), "--repeats", str(args.repeats), "--seed", str(args.seed)]
+               *map(str, args.kappas), "--spectra", *args.spectra, "--repeats", str(args.repeats),
+               "--seed", str(args.seed)]
     print(f"threads={count}: {' '.join(command[1:])}", file=sys.stderr, flush=True)
+    load_before = os.getloadavg()[0]
     out = subprocess.run(command, env=env, check=True, capture_output=True, text=True)
     sys.stderr.write(out.stderr)
     data = json.loads(out.stdout)
     data["threads"] = count
+    data["load"] = (load_before, os.getloadavg()[0])
     return data
 
 
 def table(setting: dict) -> str:
-    lines = [f"### BLAS threads: {setting['threads']} ({setting['blas']})", "",
-             "| n | kappa | dgesv s | numpy s | dsgesv s (iter) | refinekit s (path, corrections) | "
-             "refinekit+bounds s | refinekit / dgesv | +bounds / dgesv | dsgesv / dgesv | "
+    load = setting.get("load", (float("nan"), float("nan")))
+    lines = [f"#### BLAS threads: {setting['threads']} ({setting['blas']}; load average {load[0]:.1f} "
+             f"before, {load[1]:.1f} after)", "",
+             "| n | spectrum | kappa | dgesv s | numpy s | dsgesv s (iter) | refinekit s (path, corrections"
+             "/GMRES its) | refinekit+bounds s | refinekit / dgesv | +bounds / dgesv | dsgesv / dgesv | "
              "fwd err dgesv | fwd err numpy | fwd err dsgesv | fwd err refinekit | bound |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in setting["rows"]:
         t, e, d = row["times"], row["errors"], row["details"]
+        inner = d["refinekit"].get("inner", 0)
         lines.append(
-            f"| {row['n']} | {row['kappa']:.0e} | {t['dgesv']:.4f} | {t['numpy.linalg.solve']:.4f} | "
+            f"| {row['n']} | {row.get('spectrum', 'geometric')} | {row['kappa']:.0e} | {t['dgesv']:.4f} | "
+            f"{t['numpy.linalg.solve']:.4f} | "
             f"{t['dsgesv']:.4f} ({d['dsgesv']['iter']}{'' if d['dsgesv']['finite'] else ', NaN'}) | "
-            f"{t['refinekit']:.4f} ({d['refinekit']['path']}, {d['refinekit']['iterations']}) | "
+            f"{t['refinekit']:.4f} ({d['refinekit']['path']}, {d['refinekit']['iterations']}"
+            f"{f'/{inner}' if inner else ''}) | "
             f"{t['refinekit+bounds']:.4f} | **{t['refinekit'] / t['dgesv']:.2f}** | "
             f"{t['refinekit+bounds'] / t['dgesv']:.2f} | {t['dsgesv'] / t['dgesv']:.2f} | "
             f"{e['dgesv']:.1e} | {e['numpy.linalg.solve']:.1e} | {e['dsgesv']:.1e} | {e['refinekit']:.1e} | "
@@ -203,6 +235,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[500, 2000, 4000])
     parser.add_argument("--kappas", type=float, nargs="+", default=[1e2, 1e6, 1e8])
+    parser.add_argument("--spectra", nargs="+", default=["geometric"], choices=["geometric", "few-small"])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", nargs="+", default=["1", "all"])
@@ -210,7 +243,7 @@ def main() -> None:
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        rows = worker(args.sizes, args.kappas, args.repeats, args.seed)
+        rows = worker(args.sizes, args.kappas, args.spectra, args.repeats, args.seed)
         json.dump({"blas": _blas_info(), "rows": rows}, sys.stdout)
         return
     command = "python benchmarks/linalg_solve.py " + " ".join(sys.argv[1:])

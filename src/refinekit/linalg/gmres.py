@@ -77,9 +77,9 @@ def fgmres(
     preconditioned = new_basis(m) if precondition is not None else basis
     basis[0] = rhs / beta
     hessenberg = np.zeros((m + 1, m))
-    cosines, sines = np.zeros(m), np.zeros(m)
-    g = np.zeros(m + 1)
-    g[0] = beta
+    cosines: list[float] = []  # the Givens rotations so far, as Python floats (scalar work is cheaper so)
+    sines: list[float] = []
+    g = [beta]
     residual = 1.0
     iterations = 0
     gave_up = False
@@ -96,23 +96,24 @@ def fgmres(
         w = w - h @ active
         h2 = active @ w
         w = w - h2 @ active
-        column = _to_numpy(h) + _to_numpy(h2)
+        column = (_to_numpy(h) + _to_numpy(h2)).tolist()
         norm_w = float((w @ w) ** 0.5)
-        if not (math.isfinite(norm_w) and np.all(np.isfinite(column))):
+        if not (math.isfinite(norm_w) and all(map(math.isfinite, column))):
             break
-        hessenberg[: j + 1, j] = column
-        hessenberg[j + 1, j] = norm_w
         for i in range(j):  # the previous Givens rotations, then a new one for this column
-            top, bottom = hessenberg[i, j], hessenberg[i + 1, j]
-            hessenberg[i, j] = cosines[i] * top + sines[i] * bottom
-            hessenberg[i + 1, j] = -sines[i] * top + cosines[i] * bottom
-        top, bottom = hessenberg[j, j], hessenberg[j + 1, j]
+            top, bottom = column[i], column[i + 1]
+            column[i] = cosines[i] * top + sines[i] * bottom
+            column[i + 1] = -sines[i] * top + cosines[i] * bottom
+        top, bottom = column[j], norm_w
         radius = math.hypot(top, bottom)
         if radius == 0.0:
             break
-        cosines[j], sines[j] = top / radius, bottom / radius
-        hessenberg[j, j], hessenberg[j + 1, j] = radius, 0.0
-        g[j + 1] = -sines[j] * g[j]
+        cosines.append(top / radius)
+        sines.append(bottom / radius)
+        column[j] = radius
+        hessenberg[: j + 1, j] = column
+        hessenberg[j + 1, j] = 0.0
+        g.append(-sines[j] * g[j])
         g[j] = cosines[j] * g[j]
         iterations = j + 1
         residual = abs(g[j + 1]) / beta
@@ -128,7 +129,7 @@ def fgmres(
                 break
     if iterations == 0:
         return GmresOutcome(rhs * 0.0, 0, 1.0, False, gave_up)
-    y = _back_substitute(hessenberg[:iterations, :iterations], g[:iterations])
+    y = _back_substitute(hessenberg[:iterations, :iterations], np.array(g[:iterations]))
     x = _like(basis, y) @ preconditioned[:iterations]
     return GmresOutcome(x, iterations, float(residual), bool(residual <= tol), gave_up)
 

@@ -80,14 +80,16 @@ class LUCorrector:
 
 def gmres_budget(n: int, precision: str = "single") -> int:
     """GMRES iterations that GMRES-IR may spend on an ``n x n`` system before a double factorization
-    is the cheaper way. One iteration reads ``A`` and the (float64) factors once each, ``16 n^2``
-    bytes, while the double LU does ``2 n^3 / 3`` flops; on a CPU whose matrix products run at about
-    three flops per byte of memory traffic, an iteration costs ``~64 / n`` of the LU (measured: 0.03
-    at n = 2000). With single factors (about half a double LU, already spent), the budget is ``n / 90``,
-    about 0.7 of a double LU: GMRES-IR that succeeds costs at most ~1.3 double solves. The 16-bit and
-    TF32 factorizations cost a small fraction of a double LU on a GPU (on the CPU they are emulated,
-    for their accuracy): ``n / 40``. Between 6 and 80."""
-    return max(6, min(80, n // (90 if precision == "single" else 40)))
+    is the cheaper way. One iteration reads ``A`` and the float64 factors once each (``16 n^2`` bytes)
+    against the ``2 n^3 / 3`` flops of a double LU: measured on a 2-core Xeon with OpenBLAS, one
+    iteration costs 0.08 of a LAPACK double solve at n = 300-500, 0.045 at 1000, 0.025 at 2000 and
+    0.015-0.02 at 4000, while the single LU costs 0.63, 0.54, 0.47 and 0.43 of it. ``n / 75`` (at least
+    8, at most 60) iterations then cost about 0.6 of a double solve, so that GMRES-IR that succeeds
+    costs at most ~1.2 double solves in all. The 16-bit and TF32 factorizations cost a small fraction
+    of a double LU on a GPU (on the CPU they are emulated, for their accuracy): ``n / 35``, up to 80."""
+    if precision == "single":
+        return max(8, min(60, n // 75))
+    return max(8, min(80, n // 35))
 
 
 class GmresCorrector:

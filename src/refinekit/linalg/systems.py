@@ -172,9 +172,10 @@ class DenseLU:
             self._promoted = DenseLU(self.lu.astype(np.float64), self.pivots, self.precision, self.multiplier)
         return self._promoted
 
-    def cancellation(self, chunks: int = 16, rows: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    def cancellation(self, chunks: int | None = None, rows: int = 8) -> tuple[np.ndarray, np.ndarray]:
         """``|u_kk| / (|L||U|)_kk`` for a sample of pivots (``chunks`` runs of ``rows`` consecutive
-        ones, evenly spread; all of them for a small matrix), and their indices: how much of the
+        ones, evenly spread: by default ``n / 128`` runs, between 4 and 16; all of the pivots of a
+        small matrix), and their indices: how much of the
         magnitude of the terms that produced each pivot survived their cancellation. The rounding error
         of pivot ``k`` is about ``u (|L||U|)_kk``, so a pivot whose ratio is below ``u / eps`` is known to
         relative accuracy ``eps`` at best. Runs of consecutive rows keep the reads of the (column-major)
@@ -185,27 +186,31 @@ class DenseLU:
         >>> lu, piv, _ = lapack.sgetrf(a)
         >>> ratios, index = DenseLU(lu, piv, "single").cancellation()
         >>> ratios.round(7).tolist(), index.tolist()
-        [[1.0, 4.8e-07], [0, 1]]
+        ([1.0, 1e-06], [0, 1])
         """
         lu = self.lu
         n = lu.shape[0]
+        if chunks is None:
+            chunks = max(4, min(16, n // 128))
         if n <= chunks * rows:
-            starts = np.arange(0, n, rows)
+            starts = range(0, n, rows)
         else:
-            starts = np.linspace(0, n - rows, chunks).astype(np.int64)
-        out, index = [], []
+            starts = np.linspace(0, n - rows, chunks).astype(np.int64).tolist()
+        strictly_lower = np.tri(rows, rows, -1, dtype=lu.dtype)
+        sums, index = [], []
         for k0 in starts:
             k1 = min(k0 + rows, n)
-            lower = np.abs(lu[k0:k1, :k1])          # rows k of L (and U's diagonal part)
-            upper = np.abs(lu[:k1, k0:k1]).T        # columns k of U
-            product = lower * upper                 # (k, j): |l_kj| |u_jk|, wanted for j < k
-            keep = np.arange(k1)[None, :] < np.arange(k0, k1)[:, None]
-            diagonal = np.abs(np.diagonal(lu)[k0:k1]).astype(np.float64)
-            terms = np.where(keep, product, 0.0).sum(axis=1, dtype=np.float64) + diagonal
-            with np.errstate(divide="ignore", invalid="ignore"):
-                out.append(np.where(terms > 0, diagonal / terms, 1.0))
+            # rows k0..k1 of L times columns k0..k1 of U, term by term: (k, j) is |l_kj u_jk|, wanted
+            # for j < k (slices read the column-major factors in their own order)
+            product = np.abs(lu[k0:k1, :k1] * lu[:k1, k0:k1].T)
+            inside = (product[:, k0:] * strictly_lower[:k1 - k0, :k1 - k0]).sum(axis=1)
+            sums.append(product[:, :k0].sum(axis=1, dtype=np.float64) + inside)
             index.append(np.arange(k0, k1))
-        return np.concatenate(out), np.concatenate(index)
+        index_all = np.concatenate(index)
+        diagonal = np.abs(np.diagonal(lu)[index_all]).astype(np.float64)
+        terms = np.concatenate(sums) + diagonal
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(terms > 0, diagonal / terms, 1.0), index_all
 
     def reciprocal_condition(self, norm_inf: float) -> float:
         """LAPACK's estimate of ``1 / kappa_inf(A_s)`` from the factors (``norm_inf = ||A_s||_inf``)."""
