@@ -68,7 +68,7 @@ class LUCorrector:
         return scaling.transpose_from_scaled(solved) / scale
 
     def initial(self) -> np.ndarray:
-        return self.solve(self.system.b, getattr(self.system, "b_norm", None))
+        return self.solve(self.system.b, self.system.b_norm if self._dense else None)
 
     def correct(self, r: np.ndarray, r_norm: np.ndarray | None = None) -> np.ndarray:
         return self.solve(r, r_norm)
