@@ -193,3 +193,20 @@ def test_report_and_plot():
     ax = result.plot()
     labels = [line.get_label() for line in ax.get_lines()]
     assert "work" in labels and "free" in labels and any("kept" in lbl for lbl in labels)
+
+
+def test_a_check_that_stops_the_run_returns_the_last_checked_model():
+    class RefusesCycleThree(Newton):
+        def check(self, x):
+            if self.calls == 3:
+                raise StopRefinement(Status.DIVERGED, "the problem saw it go wrong")
+            self.calls += 1
+            return super().check(x)
+
+    problem = RefusesCycleThree(2.0, x0=50.0)
+    problem.calls = 0
+    result = refine(problem, xtol=0)
+    assert result.status is Status.DIVERGED and len(result.history) == 3 and result.n_cycles == 3
+    assert result.kept_cycle == 2 and not result.usable
+    # the returned model is one with a record: the best checked one (the run broke down)
+    assert result.x[0] == pytest.approx(result.x_best[0]) and result.x_last[0] != result.x[0]

@@ -125,6 +125,7 @@ class Refiner:
 
         status: Status | None = None
         message = ""
+        checked_x = None
         tick = time.perf_counter()
         while True:
             # ---- check
@@ -142,6 +143,7 @@ class Refiner:
                                  scores.restraint, scores.figures)
             tick = now
             history.append(record)
+            checked_x = x
 
             # ---- stop?
             status, message = self._stop_rule(record, scores, x, is_finite, lowest_work, prev_step)
@@ -186,13 +188,16 @@ class Refiner:
                     "problem": problem.state_dict() if hasattr(problem, "state_dict") else {},
                 })
 
+        # a check that stopped the run (StopRefinement) leaves its model unrecorded: the last model
+        # with a record is the one to return
+        last_checked = x if checked_x is None else checked_x
         best_cycle = self.monitor.best_cycle
         if best_cycle is None:  # not even the starting model was finite
-            best_cycle, best_x = len(history) - 1, x
+            best_cycle, best_x = max(len(history) - 1, 0), last_checked
         # Keep the best model where the free set says the later ones are worse (the alarm) or where the
         # run broke down; otherwise the last model, which is what the loop converged to.
         restore = self.restore_best and (bool(alarms) or not status.usable)
-        kept_cycle, returned = (best_cycle, best_x) if restore else (len(history) - 1, x)
+        kept_cycle, returned = (best_cycle, best_x) if restore else (max(len(history) - 1, 0), last_checked)
         if restore and kept_cycle != len(history) - 1:
             message += f"; kept the model of cycle {kept_cycle}"
         result = RefinementResult(

@@ -84,7 +84,7 @@ class RefinementResult:
 
     def __post_init__(self) -> None:
         if self.kept_cycle < 0:
-            self.kept_cycle = len(self.history) - 1 if self.history else 0
+            self.kept_cycle = max(len(self.history) - 1, 0)
 
     @property
     def success(self) -> bool:
