@@ -19,8 +19,11 @@ libraries in use are reported.
     python benchmarks/linalg_solve.py [--sizes 500 2000 4000] [--kappas 1e2 1e6 1e8] [--repeats 5]
                                       [--spectra geometric few-small] [--threads 1 all] [--markdown out.md]
 
-The load average of the machine is printed beside each table (before and after its runs): on a shared
-machine, quote ratios from quiet runs only.
+numpy and scipy each load their own OpenBLAS, whose threads spin for a while after each call: with more
+than one thread, the harness waits 0.25 s after each numpy.linalg.solve (untimed) so that numpy's
+spinning threads do not slow the scipy-based solver timed next. The load average of the machine is
+printed beside each table (before and after its runs): on a shared machine, quote ratios from quiet
+runs only.
 """
 
 from __future__ import annotations
@@ -139,6 +142,7 @@ def worker(sizes: list[int], kappas: list[float], spectra: list[str], repeats: i
     from refinekit.linalg import solve
 
     dsgesv = _dsgesv()
+    threads = int(os.environ.get("OPENBLAS_NUM_THREADS", "1"))
     rows = []
     for n in sizes:
         for spectrum, kappa, a in _matrices(n, kappas, spectra, seed):
@@ -161,6 +165,10 @@ def worker(sizes: list[int], kappas: list[float], spectra: list[str], repeats: i
                     tick = time.perf_counter()
                     x, info = run()
                     times[name].append(time.perf_counter() - tick)
+                    if name == "numpy.linalg.solve" and threads > 1:
+                        # numpy and scipy each load their own OpenBLAS; the threads of one spin for a
+                        # while after each call and would slow the other's next call: let them sleep
+                        time.sleep(0.25)
                     errors[name] = float(np.max(np.abs(x[:, 0] - reference)) / np.max(np.abs(reference)))
                     details[name] = info
             rows.append({"n": n, "kappa": kappa, "spectrum": spectrum,

@@ -14,6 +14,8 @@ previous one (stagnated, the engine's rule: refinement has reached its limiting 
 contract), a backward error 1000 times its lowest (diverged), and a non-finite residual, correction or
 solution at any cycle. Divergence is judged here, not by the
 engine: only a backward error that has risen 1000-fold *and* lies above the converged level counts.
+GMRES-IR's corrector also ends the run (stagnated) when its budget of GMRES iterations is spent or GMRES
+gives up; the caller counts that route as failed, whatever its backward error.
 """
 
 from __future__ import annotations

@@ -124,6 +124,15 @@ class TorchLU:
         self.unit_roundoff = UNIT_ROUNDOFF[precision]
         self.multiplier = float(multiplier)
 
+    def promoted(self) -> TorchLU:
+        """The same factors in float64, for GMRES-IR's preconditioner (see
+        :meth:`refinekit.linalg.systems.DenseLU.promoted`)."""
+        torch = _torch()
+        if self.lu.dtype == torch.float64:
+            return self
+        return TorchLU(self.lu.to(torch.float64), self.precision, pivots=self.pivots,
+                       permutation=self.permutation, multiplier=self.multiplier)
+
     def item(self, i: int) -> TorchLU:
         return TorchLU(self.lu[i], self.precision,
                        pivots=None if self.pivots is None else self.pivots[i],
