@@ -509,18 +509,26 @@ def _doomed_for_gmres(factors: Any, budget: int) -> str | None:
     one iteration. They show as pivots produced by heavy cancellation: pivot ``k`` carries a rounding
     error of about ``u (|L||U|)_kk``, and where ``|u_kk| / (|L||U|)_kk < sqrt(u) / 2`` it has lost half
     its digits or more (a tiny pivot of a tiny row, as in circuit matrices, is exact and does not
-    count). Where the sample (:meth:`~refinekit.linalg.systems.DenseLU.cancellation`) shows more such
-    pivots than four times the budget of GMRES iterations (random matrices whose singular values
-    decay geometrically to 1e-8 have about half of them so), a double factorization is the cheaper
-    way; where a few are (a handful of small singular values), GMRES converges in a few iterations
-    (Carson & Higham 2017). A heuristic for the time only: a wrong call costs time, never accuracy."""
+    count). Where more such pivots than four times the budget of GMRES iterations show
+    (:meth:`~refinekit.linalg.systems.DenseLU.cancellation`: the last ``budget`` pivots, where a few
+    small singular values show, one by one, and a sample of the others; random matrices whose singular
+    values decay geometrically to 1e-8 have about half of them so), a double factorization is the
+    cheaper way; where a few are (a handful of small singular values), GMRES converges in a few
+    iterations (Carson & Higham 2017). A heuristic for the time only: a wrong call costs time, never
+    accuracy."""
     cancellation = getattr(factors, "cancellation", None)
     if cancellation is None:
         return None
-    ratios, _ = cancellation()
-    if ratios.size == 0:
-        return None
-    damaged = float(np.mean(ratios < 0.5 * math.sqrt(factors.unit_roundoff))) * factors.lu.shape[0]
+    n = factors.lu.shape[0]
+    # the last pivots, where a few small singular values show, exactly; a sample of the others
+    tail = min(n, budget)
+    ratios, index = cancellation(tail=tail)
+    lost = ratios < 0.5 * math.sqrt(factors.unit_roundoff)
+    in_tail = index >= n - tail
+    sampled = int(np.count_nonzero(~in_tail))
+    damaged = float(np.count_nonzero(lost & in_tail))
+    if sampled:
+        damaged += float(np.count_nonzero(lost & ~in_tail)) / sampled * (n - tail)
     if damaged > 4 * budget:
         return (f"not run: about {damaged:.0f} pivots of the {factors.precision} LU lost half their digits "
                 f"or more to cancellation, more than GMRES could resolve in its {budget} iterations")

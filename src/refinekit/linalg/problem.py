@@ -291,9 +291,11 @@ class IterativeRefinementProblem(RefinementProblem):
             del recent[0]
         recent.append((x, r))
         figures = {"backward_error": eta, "inner_iterations": float(self._last_inner)}
-        if self._magnitudes is None and self._last_step is not None and self._last_step <= 1e-3:
+        if self._magnitudes is None and self._last_step is not None and (
+                self._last_step <= 1e-3 or eta <= self.converged_backward_error):
             # |A||x| changes by at most the relative change of x from here on: one pass over |A| serves
-            # every later check
+            # every later check (taken as soon as x has settled to 3 digits, or is backward stable,
+            # which GMRES-IR's first correction often makes it, however large that correction was)
             self._magnitudes = system.magnitudes(x)
         if self._magnitudes is not None:
             omega = system.largest_ratio(r, self._magnitudes)

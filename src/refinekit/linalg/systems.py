@@ -207,14 +207,15 @@ class DenseLU:
             self._promoted = DenseLU(self.lu.astype(np.float64), self.pivots, self.precision, self.multiplier)
         return self._promoted
 
-    def cancellation(self, chunks: int | None = None, rows: int = 8) -> tuple[np.ndarray, np.ndarray]:
-        """``|u_kk| / (|L||U|)_kk`` for a sample of pivots (``chunks`` runs of ``rows`` consecutive
-        ones, evenly spread: by default ``n / 128`` runs, between 4 and 16; all of the pivots of a
-        small matrix), and their indices: how much of the
-        magnitude of the terms that produced each pivot survived their cancellation. The rounding error
-        of pivot ``k`` is about ``u (|L||U|)_kk``, so a pivot whose ratio is below ``u / eps`` is known to
-        relative accuracy ``eps`` at best. Runs of consecutive rows keep the reads of the (column-major)
-        factors to a few cache lines per column.
+    def cancellation(self, tail: int = 0, chunks: int | None = None, rows: int = 8
+                     ) -> tuple[np.ndarray, np.ndarray]:
+        """``|u_kk| / (|L||U|)_kk`` for the last ``tail`` pivots and a sample of the others (``chunks``
+        runs of ``rows`` consecutive ones, evenly spread: by default ``n / 128`` runs, between 4 and 16;
+        all pivots of a small matrix), and their indices: how much of the magnitude of the terms that
+        produced each pivot survived their cancellation. The rounding error of pivot ``k`` is about
+        ``u (|L||U|)_kk``, so a pivot whose ratio is below ``u / eps`` is known to relative accuracy
+        ``eps`` at best. Runs of consecutive rows keep the reads of the (column-major) factors to a few
+        cache lines per column.
 
         >>> from scipy.linalg import lapack
         >>> a = np.array([[1.0, 1.0], [1.0, 1.0 + 2.0**-20]], dtype=np.float32)
@@ -225,21 +226,23 @@ class DenseLU:
         """
         lu = self.lu
         n = lu.shape[0]
+        tail = max(0, min(int(tail), n))
+        head = n - tail
         if chunks is None:
             chunks = max(4, min(16, n // 128))
-        if n <= chunks * rows:
-            starts = range(0, n, rows)
+        if head <= chunks * rows:
+            runs = [(k0, min(k0 + rows, head)) for k0 in range(0, head, rows)]
         else:
-            starts = np.linspace(0, n - rows, chunks).astype(np.int64).tolist()
-        strictly_lower = np.tri(rows, rows, -1, dtype=lu.dtype)
+            runs = [(k0, k0 + rows) for k0 in np.linspace(0, head - rows, chunks).astype(np.int64).tolist()]
+        if tail:
+            runs.append((head, n))
         sums, index = [], []
-        for k0 in starts:
-            k1 = min(k0 + rows, n)
-            # rows k0..k1 of L times columns k0..k1 of U, term by term: (k, j) is |l_kj u_jk|, wanted
-            # for j < k (slices read the column-major factors in their own order)
-            product = np.abs(lu[k0:k1, :k1] * lu[:k1, k0:k1].T)
-            inside = (product[:, k0:] * strictly_lower[:k1 - k0, :k1 - k0]).sum(axis=1)
-            sums.append(product[:, :k0].sum(axis=1, dtype=np.float64) + inside)
+        for k0, k1 in runs:
+            # sum_{j<k} |l_kj| |u_jk| for k in k0..k1: rows of L (left of the diagonal) against columns
+            # of U (slices read the column-major factors in their own order)
+            lower = np.abs(lu[k0:k1, :k1])
+            lower[:, k0:] = np.tril(lower[:, k0:], -1)
+            sums.append(np.einsum("kj,jk->k", lower, np.abs(lu[:k1, k0:k1])).astype(np.float64))
             index.append(np.arange(k0, k1))
         index_all = np.concatenate(index)
         diagonal = np.abs(np.diagonal(lu)[index_all]).astype(np.float64)
