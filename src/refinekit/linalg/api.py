@@ -492,13 +492,15 @@ def _largest_step(attempts: list[Attempt]) -> float:
 
 def _good_start(best: tuple) -> bool:
     """Start GMRES-IR from plain refinement's best ``x`` (whose residual is known) where the correction
-    computed from it was smaller than ``x`` itself: an ``x`` whose error exceeds it would only add
-    cancellation, and GMRES-IR starts from zero instead."""
+    computed from it (its error, to first order) was smaller than ``x`` itself: an ``x`` whose error
+    exceeds it would only add cancellation, and GMRES-IR starts from zero instead."""
     _, _, _, best_cycle, history, _, _ = best
-    if best_cycle + 1 < len(history):
-        step = history[best_cycle + 1].step
-        return step is not None and step < 1.0
-    return False
+    if not history:
+        return False
+    # the correction computed from it; for the last model (stagnated refinement: its corrections no
+    # longer shrink), the one that produced it is as large
+    step = history[min(best_cycle + 1, len(history) - 1)].step
+    return step is not None and step < 1.0
 
 
 def _doomed_for_gmres(factors: Any, budget: int) -> str | None:

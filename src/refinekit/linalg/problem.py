@@ -153,7 +153,7 @@ class GmresCorrector:
         eta = float(etas[j]) if etas is not None and j < len(etas) else math.inf
         if not (eta > 0 and math.isfinite(eta)):
             return 1e-14
-        return min(1e-2, max(1e-14, 0.05 * DOUBLE_EPS / eta))
+        return min(1e-2, max(1e-14, 0.005 * DOUBLE_EPS / eta))
 
     def solve(self, r: np.ndarray, tol: float | None = None) -> np.ndarray:
         """``A^-1 r`` by GMRES to relative residual ``tol`` (default: see the class; within the
