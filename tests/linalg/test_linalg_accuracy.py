@@ -184,3 +184,45 @@ def test_nearly_singular_matrix_is_not_a_success():
     assert not result.success
     assert result.forward_error_bound >= 1
     assert any(alarm.kind == "ill_conditioned" for alarm in result.alarms)
+
+
+def few_small(n: int, kappa: float, seed: int = 0, count: int = 5) -> np.ndarray:
+    """``U diag(s) V^T`` with all singular values 1 but ``count`` spread geometrically from 1e-2 to
+    ``1/kappa``: a handful of near-null directions (benchmarks/linalg_solve.py's ``few-small``)."""
+    rng = np.random.default_rng(seed)
+    left, _ = np.linalg.qr(rng.standard_normal((n, n)))
+    right, _ = np.linalg.qr(rng.standard_normal((n, n)))
+    values = np.ones(n)
+    values[n - count:] = np.logspace(-2, -np.log10(kappa), count)
+    return (left * values) @ right.T
+
+
+@pytest.mark.parametrize("kappa", [1e8, 1e10])
+def test_gmres_ir_resolves_a_few_small_singular_values_in_a_few_iterations(kappa):
+    """float32 factors miss three near-null directions; GMRES preconditioned by the factors, applied in
+    double, resolves them in a few iterations (Carson & Higham 2017): no double LU. (In single
+    precision, as this code once applied them, GMRES needed 20-40 iterations here.)"""
+    a = few_small(300, kappa, seed=int(np.log10(kappa)), count=3)
+    b = right_hand_side(a)
+    reference = reference_solution(a, b)
+    numpy_error, _ = forward_errors(np.linalg.solve(a, b), reference)
+    result = solve(a, b)
+    check_honest(result, a, b, reference, numpy_error=numpy_error)
+    assert result.success and result.path == "gmres-ir", result.attempts
+    assert result.attempts[0].status != "converged"
+    assert 0 < result.attempts[1].inner_iterations <= 15
+
+
+def test_a_doomed_gmres_ir_is_skipped_for_the_double_factorization():
+    """Singular values decaying geometrically to 1e-10: half the pivots of the float32 LU come out of
+    heavy cancellation, GMRES would need hundreds of iterations; it is not tried."""
+    a = with_condition(300, 1e10, seed=10)
+    b = right_hand_side(a)
+    reference = reference_solution(a, b)
+    numpy_error, _ = forward_errors(np.linalg.solve(a, b), reference)
+    result = solve(a, b)
+    check_honest(result, a, b, reference, numpy_error=numpy_error)
+    assert result.success and result.path == "double"
+    gmres = result.attempts[1]
+    assert gmres.path == "gmres-ir" and gmres.status == "not_run" and "cancellation" in gmres.message
+

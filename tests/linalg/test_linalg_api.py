@@ -273,6 +273,33 @@ def test_gmres_solves_and_gives_up_when_hopeless():
     assert not slow.converged and slow.iterations < 30
 
 
+def test_gmres_ir_that_runs_out_of_budget_is_no_success():
+    from refinekit.core import RefinementResult
+    from refinekit.core.result import CycleRecord
+    from refinekit.linalg.api import _judge
+
+    history = [CycleRecord(0, 1e-7, None, None, 0.0), CycleRecord(1, 1e-16, None, 0.9, 0.0)]
+    run = RefinementResult(x=None, status=Status.STAGNATED, message="budget", n_cycles=1, history=history,
+                           best_cycle=1)
+    ok, _, message = _judge(run, "gmres-ir", 1e-14, "GMRES-IR used up its budget of 8 GMRES iterations")
+    assert not ok and "budget" in message
+    assert _judge(run, "gmres-ir", 1e-14)[0]  # stagnation of the corrections themselves is convergence
+
+
+def test_scipy_blas_products_match_numpy():
+    from refinekit.linalg.systems import product
+
+    rng = np.random.default_rng(9)
+    a = rng.standard_normal((40, 40))
+    x, b = rng.standard_normal((40, 3)), rng.standard_normal((40, 3))
+    np.testing.assert_allclose(product(a, x, alpha=-1.0, add=b), b - a @ x, rtol=0, atol=1e-13)
+    np.testing.assert_allclose(product(a, x[:, :1], alpha=-1.0, add=b[:, :1]), b[:, :1] - a @ x[:, :1],
+                               rtol=0, atol=1e-13)
+    np.testing.assert_allclose(product(a.astype(np.float32), x[:, 0].astype(np.float32)),
+                               a @ x[:, 0], rtol=1e-5, atol=1e-5)
+    assert np.array_equal(b, b.copy())  # the added block is not overwritten
+
+
 def test_bfloat16_rounding_known_values():
     values = np.array([1.0, 1.0 + 2.0**-8, 1.0 + 3 * 2.0**-8, 3.14159265, -2.0**-130, np.inf], dtype=np.float32)
     rounded = round_to_bfloat16(values.copy())

@@ -94,6 +94,11 @@ def gmres_budget(n: int, precision: str = "single") -> int:
     return max(8, min(80, n // 35))
 
 
+#: GMRES iterations allowed to each solve of the error bounds' norm estimator (to relative residual
+#: 1e-3); where one stops short, the bounds are computed with a double factorization instead.
+BOUND_ITERATIONS = 40
+
+
 class GmresCorrector:
     """Corrections by flexible GMRES in double precision on the scaled system, right-preconditioned by
     the low-precision LU factors applied in double precision (a float64 copy of them, made on first
@@ -124,6 +129,8 @@ class GmresCorrector:
         self.backward_errors: np.ndarray | None = None
         #: why GMRES stopped short (budget used up, gave up), if it did
         self.stopped: str | None = None
+        #: whether every solve for the error bounds (``tol`` given) reached its tolerance
+        self.bound_solves_converged = True
         self._preconditioner: Any = None
 
     @property
@@ -174,10 +181,12 @@ class GmresCorrector:
             scale = _power_of_two_scale(self.system.column_norms(rs[:, j:j + 1])[0])
             column = self.system.contiguous(rs[:, j] * scale)
             outcome = fgmres(self._scaled_matvec, self._precondition, column, tol=self._target(j, tol),
-                             max_iter=min(left if tol is None else self.budget, n),
+                             max_iter=min(left if tol is None else max(self.budget, BOUND_ITERATIONS), n),
                              new_basis=self.system.new_basis,
                              give_up_after=self.give_up_after if tol is None else None)
             self.inner_iterations += outcome.iterations
+            if tol is not None and not outcome.converged:
+                self.bound_solves_converged = False
             if outcome.iterations == 0 and not outcome.converged:
                 raise StopRefinement(Status.NON_FINITE,
                                      "GMRES-IR broke down: the preconditioned vector is not finite")
@@ -211,7 +220,9 @@ class GmresCorrector:
         for j in range(k):
             scale = _power_of_two_scale(system.column_norms(vs[:, j:j + 1])[0])
             outcome = fgmres(matvec, precondition, system.contiguous(vs[:, j] * scale), tol=tol,
-                             max_iter=min(max(self.budget, 20), n), new_basis=system.new_basis)
+                             max_iter=min(max(self.budget, BOUND_ITERATIONS), n), new_basis=system.new_basis)
+            if not outcome.converged:
+                self.bound_solves_converged = False
             out[:, j] = outcome.x / scale
         return scaling.transpose_from_scaled(out) / normalise
 
