@@ -284,6 +284,8 @@ def _device_name(A: Any, device: str) -> str:
 
 
 def _is_sparse(A: Any) -> bool:
+    if isinstance(A, np.ndarray):  # the usual case, without importing scipy.sparse
+        return False
     try:
         import scipy.sparse as sp
     except ImportError:  # pragma: no cover - scipy is a dependency
@@ -332,7 +334,7 @@ def _right_hand_side(b: Any, a_shape: tuple[int, ...], batch: tuple[int, ...]) -
         except ValueError:
             raise InputError(f"the stacks of A {a_shape} and b {np.shape(b)} do not broadcast") from None
     array = array.astype(np.float64)
-    if not np.all(np.isfinite(array)):
+    if not np.isfinite(array).all():
         raise InputError("the right-hand side b contains NaN or Inf")
     return array, vector
 

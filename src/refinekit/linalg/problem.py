@@ -28,7 +28,7 @@ import numpy as np
 from ..core import RefinementProblem, Scores, Status, StopRefinement
 from .gmres import fgmres
 from .precision import DOUBLE_EPS
-from .systems import DenseLU, DenseSystem
+from .systems import DenseLU, DenseSystem, NumpyVectors, _rigal_gaches
 
 
 def _power_of_two_scale(largest: float) -> float:
@@ -268,6 +268,12 @@ class IterativeRefinementProblem(RefinementProblem):
         # returns one of them, whose residual need not be computed again
         self._best: tuple[float, np.ndarray, np.ndarray] | None = None
         self._recent: list[tuple[Any, Any]] = []
+        # numpy vectors (dense and sparse systems): the norms, the backward errors and the componentwise
+        # ratio are computed inline, each |r| once (for small n the per-call overheads of the system's
+        # helpers show beside the BLAS); the numbers are the same as those of the helpers
+        self._numpy = isinstance(system, NumpyVectors) and system.n > 0 and system.k > 0
+        #: the magnitudes and ``|A||x| + |b| + tiny``, the denominators of the componentwise ratio
+        self._denominators: tuple[Any, np.ndarray] | None = None
 
     def initial(self) -> np.ndarray:
         if self.x0 is not None:
@@ -283,9 +289,15 @@ class IterativeRefinementProblem(RefinementProblem):
         else:
             r = system.residual(x)
         self._residual = r
-        r_norm, x_norm = system.column_norms(r), system.column_norms(x)
+        abs_r = None
+        if self._numpy:
+            abs_r = np.abs(r)
+            r_norm, x_norm = abs_r.max(axis=0), np.abs(x).max(axis=0)
+            etas = _rigal_gaches(r_norm, x_norm, system.norm_inf, system.b_norm)
+        else:
+            r_norm, x_norm = system.column_norms(r), system.column_norms(x)
+            etas = system.backward_errors_from_norms(r_norm, x_norm)
         self._checked = (x, x_norm, r_norm)
-        etas = system.backward_errors_from_norms(r_norm, x_norm)
         self._etas = etas
         eta = float(etas.max()) if etas.size else 0.0
         lowest = self._best[0] if self._best is not None else math.inf
@@ -309,7 +321,14 @@ class IterativeRefinementProblem(RefinementProblem):
             # which GMRES-IR's first correction often makes it, however large that correction was)
             self._magnitudes = system.magnitudes(x)
         if self._magnitudes is not None:
-            omega = system.largest_ratio(r, self._magnitudes)
+            if abs_r is not None:  # system.largest_ratio, with |r| and the denominators at hand
+                denominators = self._denominators
+                if denominators is None or denominators[0] is not self._magnitudes:
+                    denominators = self._denominators = (self._magnitudes,
+                                                         self._magnitudes + np.finfo(np.float64).tiny)
+                omega = float(np.divide(abs_r, denominators[1]).max())
+            else:
+                omega = system.largest_ratio(r, self._magnitudes)
             figures["componentwise_backward_error"] = omega
             if omega <= 2 * DOUBLE_EPS:
                 # every component of r is at the rounding level of its own computation (the final
@@ -337,7 +356,7 @@ class IterativeRefinementProblem(RefinementProblem):
             self.corrector.backward_errors = self._etas
         d = self.corrector.correct(self._residual, self._checked[2])
         self._last_inner = getattr(self.corrector, "inner_iterations", 0)
-        d_norm = self.system.column_norms(d)
+        d_norm = np.abs(d).max(axis=0) if self._numpy else self.system.column_norms(d)
         self._corrected = (d, d_norm)
         if not np.isfinite(d_norm).all():  # a max is NaN or Inf exactly where an entry is
             raise StopRefinement(Status.NON_FINITE, f"non-finite correction from the {self.corrector.route} "

@@ -126,8 +126,7 @@ def product(a: np.ndarray, v: np.ndarray, *, alpha: float = 1.0, add: np.ndarray
     >>> product(a, np.array([1.0, 1.0]), alpha=-1.0, add=np.array([3.0, 7.0])).tolist()
     [0.0, 0.0]
     """
-    from scipy.linalg import blas
-
+    blas = _scipy_blas()
     blas_types = (np.float32, np.float64)
     if a.ndim != 2 or not a.flags.c_contiguous or a.dtype != v.dtype or a.dtype not in blas_types:
         out = alpha * (a @ v) if alpha != 1.0 else a @ v
@@ -145,6 +144,20 @@ def product(a: np.ndarray, v: np.ndarray, *, alpha: float = 1.0, add: np.ndarray
     if add is None:
         return gemm(alpha, a.T, v, trans_a=1)
     return gemm(alpha, a.T, v, beta=1.0, c=add, trans_a=1)
+
+
+_BLAS: Any = None
+
+
+def _scipy_blas() -> Any:
+    """scipy.linalg.blas, imported on first use (the command line starts without scipy) and then kept:
+    an import statement costs a microsecond or so per call, and refinement makes many small ones."""
+    global _BLAS
+    if _BLAS is None:
+        from scipy.linalg import blas
+
+        _BLAS = blas
+    return _BLAS
 
 
 def _block_rows(n_columns: int, itemsize: int, target_bytes: int = 1 << 20) -> int:
@@ -364,7 +377,7 @@ class DenseSystem(NumpyVectors):
         low = np.empty((n, n), dtype=np.float32)
         row_max, row_sum, col_max = self._statistics(a, low, keep_abs=n <= KEEP_ABS_UP_TO)
         tiny = 2.0**-100
-        if np.all(np.isfinite(row_sum)) and row_max.min() > tiny and col_max.min() > tiny:
+        if np.isfinite(row_sum).all() and row_max.min() > tiny and col_max.min() > tiny:
             # the float32 copy holds A to its own accuracy: enough for a norm and scale factors
             # (the factor covers the rounding of the entries and of the float32 sums)
             self.norm_inf = float(row_sum.max()) * (1.0 + (n + 2.0) * 2.0**-24)
@@ -495,7 +508,7 @@ class DenseSystem(NumpyVectors):
         if self.precision in ("half", "bfloat16"):
             round_in_place(lu, self.precision)
         diagonal = np.diagonal(lu)
-        if not np.all(np.isfinite(diagonal)) or np.any(diagonal == 0):
+        if not (np.isfinite(diagonal).all() and diagonal.all()):
             raise FactorizationFailed(f"the {self.precision} LU overflowed or has a zero pivot")
         return DenseLU(lu, pivots, self.precision, multiplier=multiplier)
 
@@ -521,7 +534,12 @@ class DenseSystem(NumpyVectors):
             r_norm = None
         if r_norm is None:
             r_norm = np.max(np.abs(r), axis=0) if r.shape[0] else np.zeros(r.shape[1])
-        scale = powers_of_two_for(r_norm)
+        if r_norm.shape == (1,):
+            # one right-hand side: the same power of two as powers_of_two_for, in scalar arithmetic
+            # (math.frexp, like np.frexp, gives exponent 0 for 0, Inf and NaN)
+            scale: Any = math.ldexp(1.0, -max(math.frexp(float(r_norm[0]))[1], -1000))
+        else:
+            scale = powers_of_two_for(r_norm)
         post = factors.multiplier / scale
         if col is not None:
             post = col[:, None] * post
@@ -538,6 +556,10 @@ class DenseSystem(NumpyVectors):
     # ---------------------------------------------------------------- operations
     def residual(self, x: np.ndarray) -> np.ndarray:
         """``b - A x`` in double precision (one BLAS call)."""
+        if x.shape[1] == 1 and x.dtype == np.float64 and self.a.flags.c_contiguous:
+            # one right-hand side (the usual case): straight to dgemv, A in C order being A^T in
+            # Fortran order (the same call as product's, without its dispatch)
+            return _scipy_blas().dgemv(-1.0, self.a.T, x[:, 0], beta=1.0, y=self.b[:, 0], trans=1)[:, None]
         return product(self.a, x, alpha=-1.0, add=self.b)
 
     def matvec(self, v: np.ndarray) -> np.ndarray:
