@@ -46,6 +46,7 @@ from .geometry import angular_distance, healpix_step, orientation_grid
 from .io import ParticleStack
 from .reconstruct import backproject_particles, reconstruct_halves
 from .search import (
+    Likelihood,
     ParticleTransforms,
     Poses,
     global_search,
@@ -57,6 +58,14 @@ from .search import (
 
 #: Global candidates per particle refined locally where the particles are ambiguous.
 AMBIGUOUS_CANDIDATES = 16
+
+#: Posterior weight below which a candidate pose is left out of the reconstruction.
+MIN_POSE_WEIGHT = 1e-3
+
+#: Ambiguous particles keep the global search going while an iteration improves the resolution by
+#: this many shells or the median best z-score by this fraction.
+LEARNING_SHELLS = 0.1
+LEARNING_Z = 0.01
 
 
 @dataclass
@@ -78,6 +87,12 @@ class RefineOptions:
     ``resolution_tolerance`` shells over the best so far, the median orientation change is below
     ``angle_tolerance`` degrees and the median shift change below ``shift_tolerance`` pixels, after at
     least ``min_local_iterations`` local iterations.
+
+    ``shift_prior``: poses are ranked by log-posterior with a Gaussian prior on the origins, its width
+    estimated per half from that half's last origins (``max_shift / 2`` at first). ``marginalise``: where
+    several global candidates are refined, each particle enters its half's reconstruction at all of
+    them, weighted by their posterior probabilities (expectation over poses, as in RELION), instead of
+    at the best alone.
     """
 
     max_iterations: int = 20
@@ -85,7 +100,7 @@ class RefineOptions:
     diameter: float | None = None
     global_order: int = 2
     global_iterations: int = 2
-    max_global_iterations: int = 5
+    max_global_iterations: int = 10
     global_candidates: int | None = None
     max_shift: float | None = None
     final_angle_step: float | None = None
@@ -97,6 +112,8 @@ class RefineOptions:
     pad: int = 2
     seed: int = 0
     whiten: bool = True
+    shift_prior: bool = True
+    marginalise: bool = True
 
     def check(self, box: int, pixel_size: float) -> None:
         if self.max_iterations < 1:
@@ -288,12 +305,13 @@ class ProjectionMatching(RefinementProblem):
         improving = (
             state.fsc is not None and state.crossing - state.best_crossing_before >= opts.resolution_tolerance
         )
-        # ... and, where the particles are ambiguous, as long as allowed: a local search cannot leave a
-        # wrong basin, and each better reference lets the global search put more particles right
+        # ... and, where the particles are ambiguous, while the references still get better (a local
+        # search cannot leave a wrong basin, and each better reference lets the global search put more
+        # particles right)
         is_global = it <= opts.global_iterations or (
             it <= opts.max_global_iterations
             and bool(state.figures.get("global_search"))
-            and (improving or bool(state.figures.get("ambiguous")))
+            and (improving or (bool(state.figures.get("ambiguous")) and self._still_learning(state)))
         )
         crossing = state.crossing
         r_max = min(crossing + 1.5, self.box / 2 - 0.5)
@@ -303,12 +321,18 @@ class ProjectionMatching(RefinementProblem):
         origins = np.empty((n, 2))
         scores = np.empty(n)
         weights = 1.0 / state.noise_power if opts.whiten else np.ones_like(state.noise_power)
+        correlations = np.empty(n)
         z_values: list[np.ndarray] = []
         ambiguous_halves: list[bool] = []
         candidates_used: list[int] = []
+        shift_sigmas = self.shift_sigmas(state)
+        # the poses each half is reconstructed at: (particles, rotations, origins, weights)
+        inserts: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None] = [None, None]
         for h, index in enumerate(self.halves):
             volume = FourierVolume(self.reference_for(state, h, crossing), opts.pad, be)
             w = weights[h] / np.mean(weights[h])
+            like = Likelihood(float(np.mean(weights[h])), shift_sigmas[h])
+            modes = None
             if is_global:
                 period_px = self.box / max(r_max, 1.0)
                 shift_step = max(1.0, float(np.floor(period_px / 4)))
@@ -325,9 +349,12 @@ class ProjectionMatching(RefinementProblem):
                     r_max,
                     w,
                     candidates=m,
+                    likelihood=like,
                 )
-                # scores in units of the noise's standard deviation (w = c / sigma^2: std = sqrt(c / 2))
-                z = poses.scores.reshape(index.size, m)[:, 0] * np.sqrt(2 * np.mean(weights[h]))
+                # the best correlation in units of the noise's standard deviation (w = c / sigma^2:
+                # std = sqrt(c / 2)), i.e. sqrt(2 log-likelihood)
+                first = np.arange(index.size) * m
+                z = like.to_scores(poses.scores[first], poses.origins[first]) * np.sqrt(2 * like.scale)
                 z_values.append(z)
                 null_max = float(
                     np.sqrt(2 * np.log(len(self.grid) * len(shift_grid(self.max_shift, shift_step))))
@@ -349,10 +376,12 @@ class ProjectionMatching(RefinementProblem):
                         shifts[:coarse],
                         r_max,
                         w,
+                        likelihood=like,
                     )
                     best = trial.scores.reshape(index.size, m).argmax(axis=1) + np.arange(index.size) * m
                     poses = trial.subset(best)
                     steps, shifts = steps[coarse:], shifts[coarse:]
+                    modes = (trial, best)
                 candidates_used.append(m)
             else:
                 previous = state.poses.subset(index)
@@ -360,17 +389,28 @@ class ProjectionMatching(RefinementProblem):
                 start = float(np.clip(2 * change, 2 * final_step, 4.0))
                 poses = previous
                 steps, shifts = self._local_schedule(start, final_step, 1.0)
-            poses = local_search(volume, self.data, index, poses, steps, shifts, r_max, w)
+            poses = local_search(volume, self.data, index, poses, steps, shifts, r_max, w, likelihood=like)
             rotations[index], origins[index], scores[index] = poses.rotations, poses.origins, poses.scores
+            correlations[index] = like.to_scores(poses.scores, poses.origins)
+            if modes is not None and opts.marginalise:
+                inserts[h] = pose_weights(index, modes[0], modes[1], poses)
         search_time = time.perf_counter() - tick
 
-        # reconstruction, FSC, mask
-        bps = [
-            backproject_particles(
-                self.data, index, rotations[index], origins[index], weights[h] / np.mean(weights[h]), opts.pad
-            )
-            for h, index in enumerate(self.halves)
-        ]
+        # reconstruction (each particle at its pose, or at its candidates with their posterior weights),
+        # FSC, mask
+        bps = []
+        for h, index in enumerate(self.halves):
+            noise_weights = weights[h] / np.mean(weights[h])
+            if inserts[h] is None:
+                bp = backproject_particles(
+                    self.data, index, rotations[index], origins[index], noise_weights, opts.pad
+                )
+            else:
+                particles, at_rotations, at_origins, pose_weight = inserts[h]
+                bp = backproject_particles(
+                    self.data, particles, at_rotations, at_origins, noise_weights, opts.pad, pose_weight
+                )
+            bps.append(bp)
         rec = reconstruct_halves(bps[0], bps[1], self.pixel_size)
         mask = solvent_mask(rec.full_map, self.pixel_size, lowpass_resolution=max(15.0, 3 * self.pixel_size))
         report = gold_standard_fsc(
@@ -395,7 +435,11 @@ class ProjectionMatching(RefinementProblem):
             "ambiguous": float(any(ambiguous_halves)),
             "median_best_z": float(np.median(np.concatenate(z_values))) if z_values else float("nan"),
             "finest_angle_step_deg": final_step,
-            "mean_score": float(np.mean(scores / norm_of(self.data, r_max, weights, self.halves))),
+            "mean_score": float(np.mean(correlations / norm_of(self.data, r_max, weights, self.halves))),
+            "shift_prior_sigma_px": float(np.mean([s for s in shift_sigmas if s is not None]))
+            if opts.shift_prior
+            else float("nan"),
+            "marginalised": float(any(item is not None for item in inserts)),
             "search_seconds": search_time,
             "iteration_seconds": time.perf_counter() - tick,
         }
@@ -435,6 +479,34 @@ class ProjectionMatching(RefinementProblem):
             figures=figures,
             best_crossing_before=best_before,
         )
+
+    def _still_learning(self, state: RefinementState) -> bool:
+        """Whether the last global iteration still improved the references: the resolution by
+        ``LEARNING_SHELLS`` or the particles' median best z-score by ``LEARNING_Z`` (relative)."""
+        before = [st for st in self.history if st.iteration < state.iteration]
+        if not before or before[-1].poses is None:
+            return True
+        previous = before[-1]
+        z_now = state.figures.get("median_best_z", float("nan"))
+        z_before = previous.figures.get("median_best_z", float("nan"))
+        z_gain = z_now / z_before - 1 if z_before > 0 else float("inf")
+        return bool(state.crossing - previous.crossing >= LEARNING_SHELLS or z_gain >= LEARNING_Z)
+
+    def shift_sigmas(self, state: RefinementState) -> list[float | None]:
+        """The width (pixels) of each half's Gaussian prior on the origins: from the median squared
+        origin of that half's particles (robust to the lost ones: ``median |o|^2 = 2 ln 2 sigma^2``
+        for a 2D Gaussian), between 0.5 px and ``max_shift``; ``max_shift / 2`` before any poses; None
+        without a prior."""
+        if not self.options.shift_prior:
+            return [None, None]
+        if state.poses is None:
+            return [self.max_shift / 2, self.max_shift / 2]
+        out: list[float | None] = []
+        for index in self.halves:
+            squared = np.sum(state.poses.origins[index] ** 2, axis=1)
+            sigma = math.sqrt(float(np.median(squared)) / (2 * math.log(2)))
+            out.append(float(np.clip(sigma, 0.5, self.max_shift)))
+        return out
 
     def _particle_power(self, index: np.ndarray) -> np.ndarray:
         """Mean power per shell of the masked particles ``index``: the first noise estimate (at low SNR
@@ -506,3 +578,50 @@ def norm_of(
         w = be.asarray((weights[h] / np.mean(weights[h]))[data.points.shell], "float32")
         out[index] = norm_of_particles(data, count, w, index)
     return out
+
+
+def pose_weights(
+    index: np.ndarray, candidates: Poses, best: np.ndarray, final: Poses, same_deg: float = 2.0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The poses each particle of ``index`` enters the reconstruction at, with their weights: its
+    ``candidates`` (``m`` per particle, particle by particle, scores in log-posterior) weighted by
+    ``exp(score - max)`` normalised per particle, the best (at ``best``) replaced by its final
+    refinement ``final``; a candidate within ``same_deg`` degrees of a better one of the same particle
+    is the same mode found twice and is dropped (it would count its mode twice), and so is any weight
+    below ``MIN_POSE_WEIGHT``. Returns ``(particles, rotations, origins, weights)``.
+
+    >>> import numpy as np
+    >>> from refinekit.cryoem.geometry import euler_to_matrix
+    >>> rot = euler_to_matrix(np.array([0.0, 1.0, 90.0]), 0.0, 0.0)  # two near-identical, one apart
+    >>> cands = Poses(rot, np.zeros((3, 2)), np.array([0.0, -0.1, -1.0]))
+    >>> final = Poses(rot[:1], np.zeros((1, 2)), np.array([0.5]))
+    >>> particles, _, _, weight = pose_weights(np.array([7]), cands, np.array([0]), final)
+    >>> particles.tolist(), np.round(weight, 3).tolist()
+    ([7, 7], [0.818, 0.182])
+    """
+    n = index.size
+    m = candidates.scores.size // n
+    rotations = candidates.rotations.reshape(n, m, 3, 3).copy()
+    origins = candidates.origins.reshape(n, m, 2).copy()
+    scores = candidates.scores.reshape(n, m).copy()
+    rows = np.arange(n)
+    column = best - rows * m
+    rotations[rows, column] = final.rotations
+    origins[rows, column] = final.origins
+    scores[rows, column] = final.scores
+    # the same mode twice: keep the better of any pair closer than same_deg
+    order = np.argsort(-scores, axis=1)
+    rotations = np.take_along_axis(rotations, order[:, :, None, None], axis=1)
+    origins = np.take_along_axis(origins, order[:, :, None], axis=1)
+    scores = np.take_along_axis(scores, order, axis=1)
+    trace = np.einsum("naij,nbij->nab", rotations, rotations)
+    close = trace > 1 + 2 * math.cos(math.radians(same_deg))
+    duplicate = np.triu(close, k=1).any(axis=1)  # close to a better (earlier) candidate
+    keep = ~duplicate
+    weight = np.where(keep, np.exp(scores - scores[:, :1]), 0.0)
+    weight /= weight.sum(axis=1, keepdims=True)
+    weight = np.where(weight >= MIN_POSE_WEIGHT, weight, 0.0)
+    weight /= weight.sum(axis=1, keepdims=True)
+    chosen = weight > 0
+    particles = np.broadcast_to(index[:, None], (n, m))[chosen]
+    return particles, rotations[chosen], origins[chosen], weight[chosen]

@@ -31,10 +31,13 @@ def backproject_particles(
     origins: np.ndarray,
     noise_weights: np.ndarray,
     pad: int = 2,
+    pose_weights: np.ndarray | None = None,
     batch: int = 256,
 ) -> BackProjector:
     """A back-projector holding particles ``index`` (unmasked images) at ``rotations`` and ``origins``
-    (in ``index`` order), weighted by ``noise_weights`` per shell."""
+    (in ``index`` order), weighted by ``noise_weights`` per shell and, where given, by ``pose_weights``
+    per entry (a particle may then appear several times, at its likely poses: the expectation over
+    poses of its contribution)."""
     be = data.backend
     bp = BackProjector(data.box, pad, be)
     points = data.points
@@ -45,6 +48,9 @@ def backproject_particles(
         sel = be.asarray(sel_np, "int64")
         x = data.unmasked[sel]
         c = data.ctf[sel] * w[None]
+        p = np.ones(sel_np.size) if pose_weights is None else np.asarray(pose_weights[start : start + batch])
+        if pose_weights is not None:
+            c = c * be.asarray(p, "float32")[:, None]
         cos_t, sin_t = phase_parts(
             be, be.asarray(origins[start : start + batch], "float32"), kx, ky, data.box
         )
@@ -54,7 +60,7 @@ def backproject_particles(
         bp.insert(rotations[start : start + batch], points, values, c * data.ctf[sel])
         w0 = float(noise_weights[0])
         c0 = data.ctf_dc[sel_np]
-        bp.insert_dc(float(np.sum(w0 * c0 * data.dc[sel_np])), float(np.sum(w0 * c0 * c0)))
+        bp.insert_dc(float(np.sum(p * w0 * c0 * data.dc[sel_np])), float(np.sum(p * w0 * c0 * c0)))
     return bp
 
 

@@ -12,6 +12,11 @@ denominator another, ``(w C^2) @ |P|^2^T``; ``s^2 / 2`` is the log-likelihood of
 white Gaussian noise with the projection's scale fitted, so the best score is the most likely pose.
 The scale (and contrast) of the images never matters.
 
+Given the noise scale ``mu = mean(1 / sigma^2)`` (the weights passed are ``w / mu``) the searches rank
+poses by the log-posterior instead, ``mu max(s, 0)^2 - |o|^2 / (2 sigma_o^2)``: the log-likelihood
+plus a Gaussian prior on the origin (RELION's offset prior; ``sigma_o`` estimated from the data). At
+low SNR the prior keeps noise from winning at large shifts, where there are many poses to win at.
+
 The local search evaluates, per particle, a 3x3x3 cube of rotations ``exp([w]x) A`` (``w`` in
 ``{-d, 0, d}^3``) times a 3x3 grid of shifts, moves to the best, refines it by a least-squares
 quadratic through the 27 (and 9) scores, halves ``d`` and repeats: a batched matrix product per level.
@@ -138,6 +143,33 @@ def shift_grid(max_shift: float, step: float) -> np.ndarray:
     return np.stack([gx[keep], gy[keep]], axis=1)
 
 
+@dataclass(frozen=True)
+class Likelihood:
+    """How scores become log-posteriors (nats): ``scale * max(s, 0)^2`` (``scale`` = mean inverse noise
+    power, the factor the weights were divided by) minus ``|o|^2 / (2 shift_sigma^2)`` (pixels; no
+    prior where ``shift_sigma`` is None)."""
+
+    scale: float
+    shift_sigma: float | None = None
+
+    def shift_penalty(self, origins: np.ndarray) -> np.ndarray:
+        """``|o|^2 / (2 shift_sigma^2)`` for origins ``(..., 2)`` (zeros without a prior)."""
+        origins = np.asarray(origins, dtype=np.float64)
+        if self.shift_sigma is None:
+            return np.zeros(origins.shape[:-1])
+        return (origins * origins).sum(-1) / (2 * self.shift_sigma**2)
+
+    def of_scores(self, scores: np.ndarray, origins: np.ndarray) -> np.ndarray:
+        """Log-posteriors of correlation scores ``scores`` at ``origins`` (broadcast)."""
+        s = np.maximum(np.asarray(scores, dtype=np.float64), 0.0)
+        return self.scale * s * s - self.shift_penalty(origins)
+
+    def to_scores(self, log_posterior: np.ndarray, origins: np.ndarray) -> np.ndarray:
+        """The correlation scores of log-posteriors (the inverse of :meth:`of_scores` where ``s >= 0``)."""
+        value = np.asarray(log_posterior, dtype=np.float64) + self.shift_penalty(origins)
+        return np.sqrt(np.maximum(value, 0.0) / self.scale)
+
+
 def global_search(
     volume: FourierVolume,
     data: ParticleTransforms,
@@ -148,10 +180,12 @@ def global_search(
     weights: np.ndarray,
     candidates: int = 1,
     max_elements: int = 1 << 23,
+    likelihood: Likelihood | None = None,
 ) -> Poses:
     """The best ``candidates`` of ``grid`` rotations (each at its best of ``origins``) for each particle
     ``index``, on frequencies up to ``r_max`` (Fourier pixels), by two matrix products per batch of
-    particles. The result holds ``index.size * candidates`` poses, particle by particle, best first."""
+    particles. The result holds ``index.size * candidates`` poses, particle by particle, best first.
+    Scores are correlations, or log-posteriors where a ``likelihood`` is given."""
     be = data.backend
     count = data.limit(r_max)
     points = data.prefix(count)
@@ -167,6 +201,9 @@ def global_search(
     best_rot = np.empty((index.size, m), dtype=np.int64)
     best_shift = np.empty((index.size, m), dtype=np.int64)
     best_score = np.empty((index.size, m))
+    with_prior = likelihood is not None and likelihood.shift_sigma is not None
+    if with_prior:
+        penalty = be.asarray(likelihood.shift_penalty(origins), "float32")[None, :, None]  # (1, T, 1)
     for start in range(0, index.size, batch):
         sel = be.asarray(index[start : start + batch], "int64")
         b = int(sel.shape[0])
@@ -176,9 +213,16 @@ def global_search(
         cross = be.concatenate([zr, zi], axis=2).reshape(b * n_shift, 2 * count) @ proj_cat_t
         norm = be.sqrt(be.maximum(wc2 @ power_t, 1e-30))  # (b, J)
         cross = cross.reshape(b, n_shift, n_rot)
-        # the norm does not depend on the shift: maximise the cross term over shifts first, so that
-        # the (b, T, J) block is read once (on a GPU this is what the search's speed is bound by)
-        per_rot = be.max(cross, 1) / norm  # (b, J)
+        if with_prior:
+            # the prior depends on the shift, the norm on the rotation: the log-posterior of every
+            # (shift, rotation) is formed before maximising over shifts
+            s = be.maximum(cross / norm[:, None, :], 0.0)
+            cross = s * s * float(likelihood.scale) - penalty
+            per_rot = be.max(cross, 1)
+        else:
+            # the norm does not depend on the shift: maximise the cross term over shifts first, so
+            # that the (b, T, J) block is read once (on a GPU this is what the search's speed is bound by)
+            per_rot = be.max(cross, 1) / norm  # (b, J)
         if m == 1:
             rot, value = be.argmax_max(per_rot, 1)
             rot, value = rot[:, None], value[:, None]
@@ -188,6 +232,8 @@ def global_search(
         best_rot[start : start + b] = be.to_numpy(rot)
         best_shift[start : start + b] = be.to_numpy(shift)
         best_score[start : start + b] = be.to_numpy(value)
+    if likelihood is not None and not with_prior:
+        best_score = likelihood.of_scores(best_score, np.zeros(2))
     return Poses(grid[best_rot.ravel()].copy(), origins[best_shift.ravel()].copy(), best_score.ravel())
 
 
@@ -244,8 +290,10 @@ def local_search(
     weights: np.ndarray,
     batch: int = 64,
     max_moves: int = 3,
+    likelihood: Likelihood | None = None,
 ) -> Poses:
-    """Refine ``poses`` (in the order of ``index``) by a pattern search.
+    """Refine ``poses`` (in the order of ``index``) by a pattern search (of the correlation, or of the
+    log-posterior where a ``likelihood`` is given; the returned scores are the same kind).
 
     At each level a cube of 27 rotations ``exp([w]x) A`` (``w`` in ``{-d, 0, d}^3``,
     ``d = angle_steps_deg[l]``) times a square of 9 origins (``shift_steps[l]`` pixels apart) is scored
@@ -293,6 +341,9 @@ def local_search(
                     w,
                     count,
                 )
+                if likelihood is not None:
+                    trial = origins[pos][:, None, :] + shifts[None]  # (b, 9, 2)
+                    score = likelihood.of_scores(score, trial[:, :, None, :])
                 b = pos.size
                 n_l = stencil.shape[0]
                 flat = score.reshape(b, -1).argmax(axis=1)
