@@ -132,6 +132,9 @@ def main() -> None:
         "median_error_deg": comparison.median_error_deg,
         "fraction_within_5deg": comparison.fraction_within(5.0),
         "error_percentile_99_deg": float(np.percentile(comparison.errors_deg, 99)),
+        "error_percentiles_deg": {
+            str(q): float(np.percentile(comparison.errors_deg, q)) for q in (10, 25, 40, 50, 60, 75, 90)
+        },
         "median_shift_error_px": comparison.median_shift_error_px,
         "registration_angle_deg": comparison.to_dict()["registration_angle_deg"],
         "refinement_half_map_0143_shell": result.x.crossing,

@@ -17,6 +17,7 @@ MODULES = [
     "refinekit.cryoem.fsc",
     "refinekit.cryoem.geometry",
     "refinekit.cryoem.preprocess",
+    "refinekit.cryoem.problem",
     "refinekit.cryoem.simulate",
 ]
 
