@@ -30,6 +30,11 @@ from .gmres import fgmres
 from .precision import DOUBLE_EPS
 from .systems import DenseLU, DenseSystem, NumpyVectors, _rigal_gaches
 
+# ufunc reductions called directly: ndarray.max and .all go through a Python-level wrapper each call,
+# which shows when a refinement cycle of a small system makes a dozen of them
+_largest = np.maximum.reduce
+_every = np.logical_and.reduce
+
 
 def _power_of_two_scale(largest: float) -> float:
     if not (largest > 0 and math.isfinite(largest)):
@@ -272,6 +277,8 @@ class IterativeRefinementProblem(RefinementProblem):
         # ratio are computed inline, each |r| once (for small n the per-call overheads of the system's
         # helpers show beside the BLAS); the numbers are the same as those of the helpers
         self._numpy = isinstance(system, NumpyVectors) and system.n > 0 and system.k > 0
+        # dense LU corrections go straight to the system's solve (the corrector's own path, fewer calls)
+        self._lu = self._numpy and isinstance(corrector, LUCorrector) and corrector._dense
         #: the magnitudes and ``|A||x| + |b| + tiny``, the denominators of the componentwise ratio
         self._denominators: tuple[Any, np.ndarray] | None = None
 
@@ -291,15 +298,24 @@ class IterativeRefinementProblem(RefinementProblem):
         self._residual = r
         abs_r = None
         if self._numpy:
+            # system.column_norms and backward_errors_from_norms inlined: the same numbers
             abs_r = np.abs(r)
-            r_norm, x_norm = abs_r.max(axis=0), np.abs(x).max(axis=0)
-            etas = _rigal_gaches(r_norm, x_norm, system.norm_inf, system.b_norm)
+            r_norm, x_norm = _largest(abs_r), _largest(np.abs(x))
+            denominator = system.norm_inf * x_norm
+            denominator += system.b_norm
+            eta = math.nan
+            if _every(denominator, axis=None):
+                etas = r_norm / denominator
+                eta = float(_largest(etas, axis=None))
+            if eta != eta:  # a zero denominator or a NaN: the general rule
+                etas = _rigal_gaches(r_norm, x_norm, system.norm_inf, system.b_norm)
+                eta = float(_largest(etas, axis=None))
         else:
             r_norm, x_norm = system.column_norms(r), system.column_norms(x)
             etas = system.backward_errors_from_norms(r_norm, x_norm)
+            eta = float(etas.max()) if etas.size else 0.0
         self._checked = (x, x_norm, r_norm)
         self._etas = etas
-        eta = float(etas.max()) if etas.size else 0.0
         lowest = self._best[0] if self._best is not None else math.inf
         if eta > self.divergence * lowest and eta > self.converged_backward_error:
             # the engine's own rule would also fire among backward errors at rounding level, where a
@@ -326,7 +342,7 @@ class IterativeRefinementProblem(RefinementProblem):
                 if denominators is None or denominators[0] is not self._magnitudes:
                     denominators = self._denominators = (self._magnitudes,
                                                          self._magnitudes + np.finfo(np.float64).tiny)
-                omega = float(np.divide(abs_r, denominators[1]).max())
+                omega = float(_largest(np.divide(abs_r, denominators[1]), axis=None))
             else:
                 omega = system.largest_ratio(r, self._magnitudes)
             figures["componentwise_backward_error"] = omega
@@ -354,11 +370,17 @@ class IterativeRefinementProblem(RefinementProblem):
             self.check(x)
         if self._wants_etas:
             self.corrector.backward_errors = self._etas
-        d = self.corrector.correct(self._residual, self._checked[2])
-        self._last_inner = getattr(self.corrector, "inner_iterations", 0)
-        d_norm = np.abs(d).max(axis=0) if self._numpy else self.system.column_norms(d)
+        if self._lu:
+            d = self.system.solve_with(self.corrector.factors, self._residual, self._checked[2])
+            d_norm = _largest(np.abs(d))
+            finite = float(_largest(d_norm, axis=None)) < math.inf  # NaN compares false
+        else:
+            d = self.corrector.correct(self._residual, self._checked[2])
+            self._last_inner = getattr(self.corrector, "inner_iterations", 0)
+            d_norm = _largest(np.abs(d)) if self._numpy else self.system.column_norms(d)
+            finite = bool(np.isfinite(d_norm).all())
         self._corrected = (d, d_norm)
-        if not np.isfinite(d_norm).all():  # a max is NaN or Inf exactly where an entry is
+        if not finite:  # a max is NaN or Inf exactly where an entry is
             raise StopRefinement(Status.NON_FINITE, f"non-finite correction from the {self.corrector.route} "
                                                     f"corrector")
         return d
@@ -379,8 +401,8 @@ class IterativeRefinementProblem(RefinementProblem):
             x_norm = self.system.column_norms(x)
         if d_norm.size == 0:
             return 0.0
-        if x_norm.all():
-            self._last_step = float((d_norm / x_norm).max())
+        if _every(x_norm, axis=None):
+            self._last_step = float(_largest(d_norm / x_norm, axis=None))
             return self._last_step
         with np.errstate(divide="ignore", invalid="ignore"):
             ratios = np.where(x_norm > 0, d_norm / x_norm, d_norm)
@@ -389,5 +411,7 @@ class IterativeRefinementProblem(RefinementProblem):
 
     def is_finite(self, x: np.ndarray) -> bool:
         if self._checked is not None and self._checked[0] is x:
+            if self._numpy:
+                return float(_largest(self._checked[1], axis=None)) < math.inf  # NaN compares false
             return bool(np.isfinite(self._checked[1]).all())
         return self.system.all_finite(x)

@@ -31,6 +31,8 @@ RANGE_LIMIT = 2.0**16
 #: Up to this order, a dense system keeps ``|A|`` in float32 (half the memory of ``A``) for the
 #: componentwise backward error; above it, ``|A||x|`` is taken from ``A`` itself (one pass either way).
 KEEP_ABS_UP_TO = 2048
+#: A matrix of at most this many bytes (n <= 724 in float32) is read for its statistics in one block.
+ONE_BLOCK_BYTES = 1 << 21
 
 
 class SingularMatrixError(InputError, np.linalg.LinAlgError):
@@ -411,10 +413,13 @@ class DenseSystem(NumpyVectors):
         ``keep_abs``, ``|low|`` is kept (``self.abs_low``) instead of passing through the buffer."""
         n = m.shape[0]
         dtype = m.dtype if low is None else low.dtype
+        itemsize = np.dtype(dtype).itemsize
+        # a small matrix is one block: it stays in cache as it is (n = 500: the float32 copy and |A|
+        # take 2 MB), and a few whole-matrix calls cost less than a dozen per block
+        step = n if n * n * itemsize <= ONE_BLOCK_BYTES else _block_rows(n, itemsize, 1 << 18)
         row_max = np.empty(n, dtype=dtype)
         row_sum = np.empty(n, dtype=dtype)
-        col_max = np.zeros(n, dtype=dtype)
-        step = _block_rows(n, np.dtype(dtype).itemsize, 1 << 18)
+        col_max = np.empty(n, dtype=dtype)
         if keep_abs and low is not None:
             self.abs_low = np.empty((n, n), dtype=dtype)
         else:
@@ -424,6 +429,8 @@ class DenseSystem(NumpyVectors):
         # float32: |a| by clearing the sign bit, and maxima of the bit patterns as integers (for
         # non-negative IEEE numbers the two orders agree, Inf and NaN included), faster than floats
         integer = np.int32 if dtype == np.float32 else None
+        row_max_of = row_max if integer is None else row_max.view(integer)
+        col_max_of = col_max if integer is None else col_max.view(integer)
         with np.errstate(over="ignore", invalid="ignore"):  # out of float32's range: Inf, seen below
             for i in range(0, n, step):
                 rows = min(step, n - i)
@@ -432,16 +439,16 @@ class DenseSystem(NumpyVectors):
                 else:
                     source = low[i:i + step]
                     np.copyto(source, m[i:i + step], casting="unsafe")
-                target = self.abs_low[i:i + step] if keep_abs else buffer[:rows]
+                block = self.abs_low[i:i + step] if keep_abs else buffer[:rows]
                 if integer is not None:
-                    bits = np.bitwise_and(source.view(integer), 0x7FFFFFFF, out=target.view(integer))
-                    bits.max(axis=1, out=row_max[i:i + step].view(integer))
-                    np.maximum(col_max.view(integer), bits.max(axis=0), out=col_max.view(integer))
-                    block = target
+                    magnitudes = np.bitwise_and(source.view(integer), 0x7FFFFFFF, out=block.view(integer))
                 else:
-                    block = np.abs(source, out=target)
-                    block.max(axis=1, out=row_max[i:i + step])
-                    np.maximum(col_max, block.max(axis=0), out=col_max)
+                    magnitudes = np.abs(source, out=block)
+                magnitudes.max(axis=1, out=row_max_of[i:i + step])
+                if i == 0:
+                    magnitudes.max(axis=0, out=col_max_of)
+                else:
+                    np.maximum(col_max_of, magnitudes.max(axis=0), out=col_max_of)
                 row_sum[i:i + step] = product(block, ones)  # BLAS: error <= n u of the sum
         return row_max.astype(np.float64), row_sum.astype(np.float64), col_max.astype(np.float64)
 
