@@ -588,7 +588,13 @@ def _result(x: Any, status: Status, message: str, attempts: list[Attempt], alarm
             vector: bool, device: str, trusted: bool = True) -> SolveResult:
     final = [a for a in attempts if a.path == path and a.history]
     history = final[-1].history if final else [CycleRecord(0, float(_largest(eta)), None, None, 0.0)]
-    best_cycle = int(np.argmin([r.work for r in history])) if history else 0
+    best_cycle = 0  # np.argmin of the works, without an array: the first lowest, or the first NaN
+    for i, record in enumerate(history):
+        if record.work != record.work:
+            best_cycle = i
+            break
+        if record.work < history[best_cycle].work:
+            best_cycle = i
 
     def shaped(values: Any) -> Any:
         if values is None:

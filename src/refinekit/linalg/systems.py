@@ -149,6 +149,7 @@ def product(a: np.ndarray, v: np.ndarray, *, alpha: float = 1.0, add: np.ndarray
 
 
 _BLAS: Any = None
+_LAPACK: Any = None
 
 
 def _scipy_blas() -> Any:
@@ -162,6 +163,16 @@ def _scipy_blas() -> Any:
     return _BLAS
 
 
+def _scipy_lapack() -> Any:
+    """scipy.linalg.lapack, imported on first use and then kept (as :func:`_scipy_blas`)."""
+    global _LAPACK
+    if _LAPACK is None:
+        from scipy.linalg import lapack
+
+        _LAPACK = lapack
+    return _LAPACK
+
+
 def _block_rows(n_columns: int, itemsize: int, target_bytes: int = 1 << 20) -> int:
     return max(8, target_bytes // max(1, n_columns * itemsize))
 
@@ -172,8 +183,7 @@ class DenseLU:
     formats in range), stored as LAPACK leaves them for ``A_s.T``; solves take and return float64."""
 
     def __init__(self, lu: np.ndarray, pivots: np.ndarray, precision: str, multiplier: float = 1.0) -> None:
-        from scipy.linalg import lapack
-
+        lapack = _scipy_lapack()
         self.lu = lu
         self.pivots = pivots
         self.precision = precision
@@ -495,8 +505,7 @@ class DenseSystem(NumpyVectors):
     # ---------------------------------------------------------------- factorizations
     def factor_low(self) -> DenseLU:
         """LU of the scaled matrix in the low precision (consumes the float32 copy)."""
-        from scipy.linalg import lapack
-
+        lapack = _scipy_lapack()
         if self.low is None:
             raise FactorizationFailed("the low-precision copy was already factored")
         low, self.low = self.low, None
@@ -514,7 +523,9 @@ class DenseSystem(NumpyVectors):
             raise RuntimeError(f"sgetrf argument {-info} is invalid")
         if self.precision in ("half", "bfloat16"):
             round_in_place(lu, self.precision)
-        diagonal = np.diagonal(lu)
+        # the diagonal in one strided pass (its entries lie a column apart, on as many cache lines and
+        # half as many pages), then both tests on the contiguous copy
+        diagonal = np.diagonal(lu).copy()
         if not (np.isfinite(diagonal).all() and diagonal.all()):
             raise FactorizationFailed(f"the {self.precision} LU overflowed or has a zero pivot")
         return DenseLU(lu, pivots, self.precision, multiplier=multiplier)
@@ -585,6 +596,15 @@ class DenseSystem(NumpyVectors):
         which its relative error, below ``n 2**-24``, does not matter; and it reads half the bytes."""
         if self.abs_low is None:
             return super().magnitudes(x)
+        if x.shape[1] == 1 and x.shape[0]:  # one right-hand side: the same numbers in fewer calls
+            abs_x = np.abs(x[:, 0])
+            scale = math.ldexp(1.0, -max(math.frexp(float(np.maximum.reduce(abs_x)))[1], -1000))
+            low_x = np.empty(x.shape[0], dtype=np.float32)
+            np.multiply(abs_x, scale, out=low_x, casting="unsafe")  # in float64, then rounded
+            product_ = _scipy_blas().sgemv(1.0, self.abs_low.T, low_x, trans=1)
+            out = np.divide(product_, scale, dtype=np.float64)
+            out += np.abs(self.b[:, 0])
+            return out[:, None]
         abs_x = np.abs(x)
         scale = powers_of_two_for(abs_x.max(axis=0) if x.shape[0] else np.zeros(x.shape[1]))
         return product(self.abs_low, (abs_x * scale).astype(np.float32)) / scale + np.abs(self.b)
