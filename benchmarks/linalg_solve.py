@@ -18,6 +18,13 @@ libraries in use are reported.
 
     python benchmarks/linalg_solve.py [--sizes 500 2000 4000] [--kappas 1e2 1e6 1e8] [--repeats 5]
                                       [--spectra geometric few-small] [--threads 1 all] [--markdown out.md]
+                                      [--floor]
+
+``--floor`` adds a column "BLAS floor / dgesv": the time of the LAPACK and BLAS calls that plain
+refinement makes (refinekit's own preparation of A and float32 LU, the first solve, then per correction
+a residual and a solve, one float32 product for ``|A||x|`` and the last residual, as many corrections as
+refinekit made), in a bare Python loop without the engine or any test: what refinekit would cost if
+nothing but its arithmetic showed. Where refinekit left plain refinement, the column is empty.
 
 numpy and scipy each load their own OpenBLAS, whose threads spin for a while after each call: with more
 than one thread, the harness waits 0.25 s after each numpy.linalg.solve (untimed) so that numpy's
@@ -135,7 +142,8 @@ def _reference(a, b):
     return x.astype(np.float64)
 
 
-def worker(sizes: list[int], kappas: list[float], spectra: list[str], repeats: int, seed: int) -> list[dict]:
+def worker(sizes: list[int], kappas: list[float], spectra: list[str], repeats: int, seed: int,
+           floor: bool = False) -> list[dict]:
     import numpy as np
     import scipy.linalg.lapack as lapack
 
@@ -155,6 +163,10 @@ def worker(sizes: list[int], kappas: list[float], spectra: list[str], repeats: i
                 "refinekit": lambda a=a, b=b: _refinekit_run(solve, a, b, False),
                 "refinekit+bounds": lambda a=a, b=b: _refinekit_run(solve, a, b, True),
             }
+            if floor:
+                _, first = _refinekit_run(solve, a, b, False)
+                if first["path"] == "ir":
+                    runs["BLAS floor"] = lambda a=a, b=b, c=first["iterations"]: _floor_run(a, b, c)
             for run in runs.values():  # warm up (allocations, first-call costs)
                 run()
             times: dict[str, list[float]] = {name: [] for name in runs}
@@ -185,6 +197,23 @@ def _dsgesv_run(dsgesv, a, b):
     return x, {"iter": iterations, "info": info, "finite": bool(np.all(np.isfinite(x)))}
 
 
+def _floor_run(a, b, corrections: int):
+    """The LAPACK and BLAS calls of refinekit's plain refinement with ``corrections`` corrections, in a bare
+    loop (see the module)."""
+    from refinekit.linalg.systems import DenseSystem
+
+    system = DenseSystem(a, b, "single")
+    factors = system.factor_low()
+    x = system.solve_with(factors, b)
+    for cycle in range(corrections):
+        r = system.residual(x)
+        if cycle == 1:
+            system.magnitudes(x)
+        x = x + system.solve_with(factors, r)
+    system.residual(x)
+    return x, {}
+
+
 def _refinekit_run(solve, a, b, bounds: bool):
     result = solve(a, b, error_bounds=bounds)
     info = {"path": result.path, "iterations": result.iterations, "success": result.success,
@@ -204,28 +233,34 @@ def run_setting(threads: str, args: argparse.Namespace) -> dict:
         env[var] = count
     command = [sys.executable, __file__, "--worker", "--sizes", *map(str, args.sizes), "--kappas",
                *map(str, args.kappas), "--spectra", *args.spectra, "--repeats", str(args.repeats),
-               "--seed", str(args.seed)]
+               "--seed", str(args.seed), *(["--floor"] if args.floor else [])]
     print(f"threads={count}: {' '.join(command[1:])}", file=sys.stderr, flush=True)
     load_before = os.getloadavg()[0]
     out = subprocess.run(command, env=env, check=True, capture_output=True, text=True)
     sys.stderr.write(out.stderr)
     data = json.loads(out.stdout)
     data["threads"] = count
+    data["floor"] = args.floor
     data["load"] = (load_before, os.getloadavg()[0])
     return data
 
 
 def table(setting: dict) -> str:
     load = setting.get("load", (float("nan"), float("nan")))
+    floor = setting.get("floor", False)
     lines = [f"#### BLAS threads: {setting['threads']} ({setting['blas']}; load average {load[0]:.1f} "
              f"before, {load[1]:.1f} after)", "",
              "| n | spectrum | kappa | dgesv s | numpy s | dsgesv s (iter) | refinekit s (path, corrections"
              "/GMRES its) | refinekit+bounds s | refinekit / dgesv | +bounds / dgesv | dsgesv / dgesv | "
-             "fwd err dgesv | fwd err numpy | fwd err dsgesv | fwd err refinekit | bound |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "fwd err dgesv | fwd err numpy | fwd err dsgesv | fwd err refinekit | bound |"
+             + (" BLAS floor / dgesv |" if floor else ""),
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if floor else "")]
     for row in setting["rows"]:
         t, e, d = row["times"], row["errors"], row["details"]
         inner = d["refinekit"].get("inner", 0)
+        floor_cell = ""
+        if floor:
+            floor_cell = f" {t['BLAS floor'] / t['dgesv']:.2f} |" if "BLAS floor" in t else " |"
         lines.append(
             f"| {row['n']} | {row.get('spectrum', 'geometric')} | {row['kappa']:.0e} | {t['dgesv']:.4f} | "
             f"{t['numpy.linalg.solve']:.4f} | "
@@ -235,7 +270,7 @@ def table(setting: dict) -> str:
             f"{t['refinekit+bounds']:.4f} | **{t['refinekit'] / t['dgesv']:.2f}** | "
             f"{t['refinekit+bounds'] / t['dgesv']:.2f} | {t['dsgesv'] / t['dgesv']:.2f} | "
             f"{e['dgesv']:.1e} | {e['numpy.linalg.solve']:.1e} | {e['dsgesv']:.1e} | {e['refinekit']:.1e} | "
-            f"{d['refinekit+bounds']['bound']:.1e} |")
+            f"{d['refinekit+bounds']['bound']:.1e} |" + floor_cell)
     return "\n".join(lines)
 
 
@@ -248,10 +283,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", nargs="+", default=["1", "all"])
     parser.add_argument("--markdown", default=None, help="also write the tables to this file")
+    parser.add_argument("--floor", action="store_true",
+                        help="also time refinekit's BLAS calls alone, without the engine (see the module)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        rows = worker(args.sizes, args.kappas, args.spectra, args.repeats, args.seed)
+        rows = worker(args.sizes, args.kappas, args.spectra, args.repeats, args.seed, args.floor)
         json.dump({"blas": _blas_info(), "rows": rows}, sys.stdout)
         return
     command = "python benchmarks/linalg_solve.py " + " ".join(sys.argv[1:])
