@@ -3,6 +3,8 @@ the reconstruction."""
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -114,3 +116,32 @@ def test_weighted_insertion_is_the_expectation(noise_free):
         a, b = getattr(twice, name), getattr(once, name)
         assert np.max(np.abs(a - b)) <= 1e-6 * np.max(np.abs(b))
     assert twice.dc_weight == pytest.approx(once.dc_weight)
+
+
+def test_solvent_flattened_references_follow_the_masked_resolution():
+    """With solvent flattening, the references are cut by the solvent mask and low-passed at the
+    corrected masked crossing where that is higher; without it, at the unmasked crossing."""
+    from refinekit.cryoem import RefineOptions, refine_particles, stack_from_simulation, starting_reference
+    from refinekit.cryoem.problem import ProjectionMatching
+
+    density = bundled_map("emd_1832")
+    pixel = density.pixel_size * 40 / 24
+    sim = simulate_particles(resample_map(density.data.astype(float), 24), pixel, 120, 1.0, seed=7)
+    start, _ = starting_reference(sim.volume, pixel, 40.0)
+    for flatten in (True, False):
+        result = refine_particles(
+            stack_from_simulation(sim), start, RefineOptions(max_iterations=3, solvent_flatten=flatten)
+        )
+        states = result.history
+        for before, after in itertools.pairwise(states[1:]):
+            used = after.figures["reference_shell"]
+            unmasked = before.figures["fsc_crossing_shell"]
+            assert used >= unmasked if flatten else used == unmasked
+        state = result.x
+        problem = ProjectionMatching(stack_from_simulation(sim), start, RefineOptions(solvent_flatten=flatten))
+        reference = problem.reference_for(state, 0, state.crossing)
+        outside = state.mask < 1e-6
+        if flatten:
+            assert np.all(reference[outside] == 0)
+        else:
+            assert np.any(reference[outside] != 0)

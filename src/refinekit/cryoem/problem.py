@@ -92,7 +92,11 @@ class RefineOptions:
     estimated per half from that half's last origins (``max_shift / 2`` at first). ``marginalise``: where
     several global candidates are refined, each particle enters its half's reconstruction at all of
     them, weighted by their posterior probabilities (expectation over poses, as in RELION), instead of
-    at the best alone.
+    at the best alone. ``solvent_flatten``: each half's reference is multiplied by the soft solvent mask
+    of the previous iteration's full map and low-passed at the masked FSC crossing corrected by phase
+    randomisation (where it is higher than the unmasked one): the solvent's noise no longer enters the
+    comparison, and the references keep the resolution the mask honestly gains (cryoSPARC's dynamic
+    masking). Off: the soft sphere and the unmasked crossing.
     """
 
     max_iterations: int = 20
@@ -114,6 +118,7 @@ class RefineOptions:
     whiten: bool = True
     shift_prior: bool = True
     marginalise: bool = True
+    solvent_flatten: bool = True
 
     def check(self, box: int, pixel_size: float) -> None:
         if self.max_iterations < 1:
@@ -156,6 +161,7 @@ class RefinementState:
     figures: dict[str, float] = field(default_factory=dict)
     best_crossing_before: float = 0.0
     raw_half_maps: tuple[np.ndarray, np.ndarray] | None = None
+    reference_crossing: float | None = None  # where the next references are low-passed (None: crossing)
 
 
 class ProjectionMatching(RefinementProblem):
@@ -293,8 +299,12 @@ class ProjectionMatching(RefinementProblem):
 
     def reference_for(self, state: RefinementState, half: int, crossing: float) -> np.ndarray:
         """A half's reference: its map low-passed at ``crossing`` (cosine edge 3 shells wide, half-way at
-        the crossing), times the soft sphere."""
-        return lowpass(state.half_maps[half], crossing, 3.0) * self.sphere
+        the crossing), times the solvent mask (with ``solvent_flatten``, once there is one) or the soft
+        sphere."""
+        envelope = self.sphere
+        if self.options.solvent_flatten and state.mask is not None:
+            envelope = state.mask * self.sphere
+        return lowpass(state.half_maps[half], crossing, 3.0) * envelope
 
     def iterate(self, state: RefinementState) -> RefinementState:
         opts = self.options
@@ -314,6 +324,8 @@ class ProjectionMatching(RefinementProblem):
             and (improving or (bool(state.figures.get("ambiguous")) and self._still_learning(state)))
         )
         crossing = state.crossing
+        if opts.solvent_flatten and state.reference_crossing is not None:
+            crossing = state.reference_crossing
         r_max = min(crossing + 1.5, self.box / 2 - 0.5)
         final_step = self.final_angle_step(state.resolution)
         n = len(self.stack)
@@ -417,6 +429,9 @@ class ProjectionMatching(RefinementProblem):
             rec.half_maps[0], rec.half_maps[1], self.pixel_size, mask, seed=opts.seed + it
         )
         new_crossing = min(crossing_shell(report.unmasked), self.box / 2 - 1)
+        reference_crossing = new_crossing
+        if report.corrected is not None:
+            reference_crossing = max(new_crossing, min(crossing_shell(report.corrected), self.box / 2 - 1))
         resolution = shell_to_resolution(new_crossing, self.box, self.pixel_size)
         noise = np.stack(
             [
@@ -428,6 +443,7 @@ class ProjectionMatching(RefinementProblem):
         figures: dict[str, float] = {
             "resolution_a": resolution,
             "fsc_crossing_shell": new_crossing,
+            "reference_shell": crossing,
             "resolution_masked_a": report.resolution("masked"),
             "resolution_corrected_a": report.resolution("corrected"),
             "global_search": float(is_global),
@@ -478,6 +494,7 @@ class ProjectionMatching(RefinementProblem):
             mask=mask,
             figures=figures,
             best_crossing_before=best_before,
+            reference_crossing=reference_crossing,
         )
 
     def _still_learning(self, state: RefinementState) -> bool:
