@@ -5,13 +5,16 @@ only against its own reference, from a split made before any alignment) and thei
 is one iteration:
 
 1. each half's reference is its own half map, low-pass filtered at the current 0.143 resolution and
-   masked by a soft sphere (refinement limited by its own honest resolution does not fit noise);
-2. every particle is matched against its half's reference: a global search over a HEALPix grid of
-   orientations and shifts in the first iterations, then local pattern searches that start where the
-   last iteration left each particle and end at finer steps as the resolution improves;
-3. each half is reconstructed (CTF-weighted insertion, Wiener regulariser from the last FSC), the FSC
-   between the halves gives the new resolution, and the noise spectrum is re-estimated from the
-   residuals.
+   masked by the soft solvent mask of the last map (or a soft sphere; refinement limited by its own
+   honest resolution does not fit noise);
+2. every particle is matched against its half's reference, poses ranked by log-posterior (likelihood
+   plus a Gaussian prior on the origins): a global search over a HEALPix grid of orientations and
+   shifts in the first iterations (and, for particles whose best score noise could nearly reach, its
+   best candidates refined locally), then local pattern searches that start where the last iteration
+   left each particle and end at finer steps as the resolution improves;
+3. each half is reconstructed (CTF-weighted insertion, ambiguous particles at their candidates weighted
+   by posterior probability, Wiener regulariser from the last FSC), the FSC between the halves gives
+   the new resolution, and the noise spectrum is re-estimated from the residuals.
 
 The score the engine tracks (``work``, lower is better) is the half-map 0.143 resolution in Angstrom:
 the gold-standard FSC is this problem's cross-validation, each half being the other's free set. The
