@@ -3,6 +3,7 @@ stderr, nothing written."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 from pathlib import Path
@@ -114,6 +115,22 @@ def dataset(tmp_path, small_simulation) -> Path:
 
 def refine_args(data: Path, out: Path, star: str = "particles.star", ref: str = "initial_reference.mrc"):
     return ("cryoem", "refine", data / star, "--reference", data / ref, "-o", out)
+
+
+def test_refine_options_reach_the_refinement(dataset, tmp_path):
+    """--no-solvent-flatten keeps the references at the unmasked crossing; the default may go beyond."""
+    crossings = {}
+    for flag in ("--solvent-flatten", "--no-solvent-flatten"):
+        out = tmp_path / flag.strip("-")
+        res = invoke(*refine_args(dataset, out), "--max-iterations", 3, "--no-marginalise", flag, "--json")
+        assert res.exit_code == 0, res.stderr
+        history = json.loads(res.stdout)["history"]
+        crossings[flag] = [
+            (h["fsc_crossing_shell"], after["reference_shell"]) for h, after in itertools.pairwise(history[1:])
+        ]
+        assert all("marginalised" in h and h["marginalised"] == 0 for h in history[1:])
+    assert all(used == unmasked for unmasked, used in crossings["--no-solvent-flatten"])
+    assert all(used >= unmasked for unmasked, used in crossings["--solvent-flatten"])
 
 
 def expect_bad_input(res, before: dict, folder: Path, out: Path | None = None, needle: str = "") -> None:

@@ -145,6 +145,18 @@ def refine_command(
     ),
     global_iterations: int = typer.Option(2, "--global-iterations", help="Iterations with a global search."),
     seed: int = typer.Option(0, "--seed", help="Seed of the half-set split (where the STAR has none)."),
+    solvent_flatten: bool = typer.Option(
+        True,
+        "--solvent-flatten/--no-solvent-flatten",
+        help="Mask the references by the solvent mask of the last map and low-pass them at the corrected "
+        "masked resolution (off: a soft sphere and the unmasked resolution).",
+    ),
+    marginalise: bool = typer.Option(
+        True,
+        "--marginalise/--no-marginalise",
+        help="Reconstruct ambiguous particles at their likely poses weighted by posterior probability "
+        "(off: at the best pose alone).",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON to stdout."),
 ) -> None:
     """Refine particle poses and the 3D map by projection matching, halves refined independently.
@@ -191,6 +203,8 @@ def refine_command(
         initial_lowpass=initial_lowpass,
         global_iterations=global_iterations,
         seed=seed,
+        solvent_flatten=solvent_flatten,
+        marginalise=marginalise,
     )
     options.check(stack.box, stack.pixel_size)
     backend = get_backend(None, device)
