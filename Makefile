@@ -26,9 +26,10 @@ $(STAMP_TEST): pyproject.toml | $(BIN)/python
 demo: $(STAMP_ALL)
 	$(BIN)/refinekit demo --out $(DEMO_OUT)
 
+# the slow tests (the issues' known-answer runs on real data, ~1.5 min) fit CI's budget: they run too
 test: $(STAMP_TEST)
 	$(BIN)/ruff check src tests benchmarks examples
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "slow or not slow"
 
 benchmarks: $(STAMP_TEST)
 	$(BIN)/python -m pip install -qq -e ".[bench]"
