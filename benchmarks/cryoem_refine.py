@@ -19,6 +19,7 @@ import argparse
 import json
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -27,30 +28,25 @@ from refinekit.cryoem import (
     compare_poses,
     fourier_shell_correlation,
     read_map,
+    reconstruct_particles,
     refine_particles,
     resample_map,
     simulate_particles,
     stack_from_simulation,
     starting_reference,
 )
-from refinekit.cryoem.backend import NumpyBackend
 from refinekit.cryoem.fsc import crossing_shell
-from refinekit.cryoem.reconstruct import backproject_particles, reconstruct_halves
-from refinekit.cryoem.search import ParticleTransforms
 
 HERE = Path(__file__).resolve().parent
 RIBOSOME = HERE.parent.parent / "shared" / "data" / "cryoem" / "maps" / "aspire_clean70SRibosome_vol_65p.mrc"
 
 
 def reconstruct_with(sim, subsets, rotations, origins):
-    """Half maps (regularised from their own FSC) and the full map at the given poses."""
-    data = ParticleTransforms(
-        sim.images, sim.ctf, sim.pixel_size, sim.images.shape[-1] / 2 - 1, NumpyBackend()
-    )
-    weights = np.ones(sim.images.shape[-1] // 2 + 1)
-    halves = [np.flatnonzero(subsets == h) for h in (1, 2)]
-    bps = [backproject_particles(data, h, rotations[h], origins[h], weights) for h in halves]
-    return reconstruct_halves(bps[0], bps[1], sim.pixel_size)
+    """The full map and the half maps' FSC at the given poses, with the given halves."""
+    stack = stack_from_simulation(sim)
+    stack.subsets = subsets
+    full_map, _, fsc = reconstruct_particles(stack, rotations, origins)
+    return SimpleNamespace(full_map=full_map, fsc=fsc)
 
 
 def figures_of(rec, truth, box, pixel):

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import numpy as np
+from types import SimpleNamespace
+
 import pytest
 
 from refinekit.cryoem import (
@@ -10,23 +11,22 @@ from refinekit.cryoem import (
     compare_poses,
     fourier_shell_correlation,
     read_map,
+    reconstruct_particles,
     refine_particles,
     resample_map,
     simulate_particles,
     stack_from_simulation,
     starting_reference,
 )
-from refinekit.cryoem.backend import NumpyBackend
 from refinekit.cryoem.fsc import crossing_shell
-from refinekit.cryoem.reconstruct import backproject_particles, reconstruct_halves
-from refinekit.cryoem.search import ParticleTransforms
 
 
 def reconstruct_with(sim, subsets, rotations, origins):
-    data = ParticleTransforms(sim.images, sim.ctf, sim.pixel_size, 31, NumpyBackend())
-    halves = [np.flatnonzero(subsets == h) for h in (1, 2)]
-    bps = [backproject_particles(data, h, rotations[h], origins[h], np.ones(33)) for h in halves]
-    return reconstruct_halves(bps[0], bps[1], sim.pixel_size)
+    """The full map and the half maps' FSC at the given poses, with the given halves."""
+    stack = stack_from_simulation(sim)
+    stack.subsets = subsets
+    full_map, _, fsc = reconstruct_particles(stack, rotations, origins)
+    return SimpleNamespace(full_map=full_map, fsc=fsc)
 
 
 @pytest.mark.slow

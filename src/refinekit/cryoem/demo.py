@@ -16,29 +16,16 @@ from pathlib import Path
 import numpy as np
 
 from ..report.html import Section, figure_to_html, pre, table_html
-from .api import plot_fsc, refine_particles, write_refinement
-from .backend import NumpyBackend
+from .api import plot_fsc, reconstruct_particles, refine_particles, stack_from_simulation, write_refinement
 from .datasets import bundled_map
 from .fsc import crossing_shell, fourier_shell_correlation
 from .geometry import compare_poses
 from .io import read_particles
 from .problem import RefineOptions
-from .reconstruct import backproject_particles, reconstruct_halves
-from .search import ParticleTransforms
 from .simulate import rotate_map, simulate_particles, starting_reference, write_simulation
 
 N_PARTICLES = 800
 SNR = 0.2
-
-
-def _true_pose_reconstruction(sim, subsets: np.ndarray):
-    data = ParticleTransforms(
-        sim.images, sim.ctf, sim.pixel_size, sim.images.shape[-1] / 2 - 1, NumpyBackend()
-    )
-    weights = np.ones(sim.images.shape[-1] // 2 + 1)
-    halves = [np.flatnonzero(subsets == h) for h in (1, 2)]
-    bps = [backproject_particles(data, h, sim.rotations[h], sim.origins[h], weights) for h in halves]
-    return reconstruct_halves(bps[0], bps[1], sim.pixel_size)
 
 
 def section(workdir: Path) -> Section:
@@ -61,8 +48,11 @@ def section(workdir: Path) -> Section:
     write_refinement(workdir / "refined", result, stack)
 
     comparison = compare_poses(state.poses.rotations, state.poses.origins, sim.rotations, sim.origins)
-    true_rec = _true_pose_reconstruction(sim, result.subsets)
-    true_crossing = crossing_shell(true_rec.fsc.unmasked)
+    # the same halves reconstructed at the true poses
+    truth_stack = stack_from_simulation(sim)
+    truth_stack.subsets = result.subsets
+    _, _, true_fsc = reconstruct_particles(truth_stack, sim.rotations, sim.origins)
+    true_crossing = crossing_shell(true_fsc.unmasked)
     box = sim.images.shape[-1]
     truth_fsc = fourier_shell_correlation(rotate_map(state.full_map, comparison.registration), sim.volume)
     ok = comparison.median_error_deg < 5.0 and abs(state.crossing - true_crossing) <= 1.5 and result.usable
@@ -101,7 +91,7 @@ def section(workdir: Path) -> Section:
     freq = np.arange(box // 2 + 1) / (box * pixel)
     for st in result.states[1:]:
         axes[0].plot(freq[1:], st.fsc.unmasked[1:], label=f"iteration {st.iteration} ({st.resolution:.1f} A)")
-    axes[0].plot(freq[1:], true_rec.fsc.unmasked[1:], "k--", label="true orientations")
+    axes[0].plot(freq[1:], true_fsc.unmasked[1:], "k--", label="true orientations")
     axes[0].axhline(0.143, color="0.5", lw=0.8)
     axes[0].set(xlabel="spatial frequency (1/A)", ylabel="half-map FSC", title="FSC per iteration")
     axes[0].legend(fontsize="x-small")
