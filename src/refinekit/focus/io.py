@@ -39,8 +39,32 @@ class FrameRef:
         return self.path.name if self.index is None else f"{self.path.name}[{self.index}]"
 
 
+class _Frames:
+    """What the two kinds of stack share: the bit depth of their ``dtype`` and ``read_float``."""
+
+    dtype: np.dtype
+
+    def read(self, i: int) -> np.ndarray:  # pragma: no cover - each stack reads its own way
+        raise NotImplementedError
+
+    @property
+    def bits(self) -> int:
+        return {np.dtype(np.uint8): 8, np.dtype(np.uint16): 16}.get(self.dtype, 32)
+
+    @property
+    def scale(self) -> float:
+        """What a frame is divided by to bring it to [0, 1]."""
+        return {8: 255.0, 16: 65535.0}.get(self.bits, 1.0)
+
+    def read_float(self, i: int) -> np.ndarray:
+        image = self.read(i)
+        if image.dtype == np.float32:
+            return image
+        return np.multiply(image, np.float32(1.0 / self.scale), dtype=np.float32)  # one pass
+
+
 @dataclass
-class FrameStack:
+class FrameStack(_Frames):
     """A focal stack on disk: ``len(stack)`` frames of one size, bit depth and channel count.
 
     Frames are decoded on demand. ``read(i)`` returns the native array (``uint8``, ``uint16`` or
@@ -78,15 +102,6 @@ class FrameStack:
             seen.setdefault(ref.path, None)
         return list(seen)
 
-    @property
-    def bits(self) -> int:
-        return {np.dtype(np.uint8): 8, np.dtype(np.uint16): 16}.get(self.dtype, 32)
-
-    @property
-    def scale(self) -> float:
-        """What a frame is divided by to bring it to [0, 1]."""
-        return {8: 255.0, 16: 65535.0}.get(self.bits, 1.0)
-
     def reordered(self, order: Sequence[int]) -> FrameStack:
         return FrameStack([self.refs[i] for i in order], self.shape, self.channels, self.dtype)
 
@@ -103,14 +118,9 @@ class FrameStack:
                              path=ref.name if ref.index is not None else ref.path)
         return image
 
-    def read_float(self, i: int) -> np.ndarray:
-        image = self.read(i)
-        if image.dtype == np.float32:
-            return image
-        return np.multiply(image, np.float32(1.0 / self.scale), dtype=np.float32)  # one pass
 
 
-class ArrayStack:
+class ArrayStack(_Frames):
     """Frames already in memory (``(n, H, W)`` or ``(n, H, W, 3)``), read like a :class:`FrameStack`.
 
     Integer arrays are scaled by their type's range; float arrays are taken to be in [0, 1].
@@ -141,22 +151,8 @@ class ArrayStack:
     def __len__(self) -> int:
         return int(self.frames.shape[0])
 
-    @property
-    def bits(self) -> int:
-        return {np.dtype(np.uint8): 8, np.dtype(np.uint16): 16}.get(self.dtype, 32)
-
-    @property
-    def scale(self) -> float:
-        return {8: 255.0, 16: 65535.0}.get(self.bits, 1.0)
-
     def read(self, i: int) -> np.ndarray:
         return self.frames[i]
-
-    def read_float(self, i: int) -> np.ndarray:
-        frame = self.frames[i]
-        if frame.dtype == np.float32:
-            return frame
-        return np.multiply(frame, np.float32(1.0 / self.scale), dtype=np.float32)
 
     def reordered(self, order: Sequence[int]) -> ArrayStack:
         return ArrayStack(self.frames[list(order)], [self.names[i] for i in order])
