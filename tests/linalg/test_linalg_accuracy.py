@@ -46,15 +46,20 @@ def check_honest(result, a, b, reference, *, numpy_error: float | None = None) -
         assert normwise <= FACTOR * max(numpy_error, a.shape[0] * U), (normwise, numpy_error, result.path)
     return normwise, componentwise
 
-
-@pytest.mark.parametrize("name", REAL_MATRICES)
-def test_real_matrices_dense(name):
-    a = load_real(name)
+def solved_honestly(a: np.ndarray, **options) -> object:
+    """``solve(a, b, **options)`` for the helpers' right-hand side, checked by :func:`check_honest`
+    against the long-double solution and numpy.linalg.solve's error."""
     b = right_hand_side(a)
     reference = reference_solution(a, b)
     numpy_error, _ = forward_errors(np.linalg.solve(a, b), reference)
-    result = solve(a, b)
+    result = solve(a, b, **options)
     check_honest(result, a, b, reference, numpy_error=numpy_error)
+    return result
+
+
+@pytest.mark.parametrize("name", REAL_MATRICES)
+def test_real_matrices_dense(name):
+    result = solved_honestly(load_real(name))
     # every real matrix here is solvable to some digits in double: auto must get there
     assert result.success, result.message
     if name in ("1138_bus", "mahindas", "west0479", "hangGlider_2", "fs_183_6"):
@@ -96,12 +101,7 @@ def test_mahindas_is_badly_scaled_and_equilibration_fixes_it():
 
 @pytest.mark.parametrize("kappa", [1e2, 1e4, 1e6, 1e8, 1e10, 1e12, 1e14])
 def test_set_condition_numbers(kappa):
-    a = with_condition(200, kappa, seed=int(np.log10(kappa)))
-    b = right_hand_side(a)
-    reference = reference_solution(a, b)
-    numpy_error, _ = forward_errors(np.linalg.solve(a, b), reference)
-    result = solve(a, b)
-    check_honest(result, a, b, reference, numpy_error=numpy_error)
+    result = solved_honestly(with_condition(200, kappa, seed=int(np.log10(kappa))))
     if kappa <= 1e6:
         assert result.success and result.path == "ir"
     if kappa >= 1e10:
@@ -115,12 +115,7 @@ def test_set_condition_numbers(kappa):
 @pytest.mark.parametrize("precision", ["half", "bfloat16"])
 @pytest.mark.parametrize("name", ["west0479", "fs_183_6", "rajat19"])
 def test_sixteen_bit_factors_fall_back_honestly(name, precision):
-    a = load_real(name)
-    b = right_hand_side(a)
-    reference = reference_solution(a, b)
-    numpy_error, _ = forward_errors(np.linalg.solve(a, b), reference)
-    result = solve(a, b, precision=precision)
-    check_honest(result, a, b, reference, numpy_error=numpy_error)
+    result = solved_honestly(load_real(name), precision=precision)
     assert result.success
     # kappa * u_16bit > 1 for all three: plain refinement may still contract (kappa * u bounds the
     # contraction from above; west0479's half factors contract by 20 per correction), but where it
@@ -151,12 +146,7 @@ def test_each_route_alone_is_honest_on_a_hard_matrix(method):
 def test_the_matrix_dsgesv_breaks_on():
     """Random U diag(s) V^T of condition 1e8 (n = 1000): LAPACK's DSGESV can return all-NaN x with
     INFO = 0 there. Here: no NaN, success only with the bound honoured, a double-quality answer."""
-    a = with_condition(1000, 1e8, seed=8)
-    b = right_hand_side(a)
-    reference = reference_solution(a, b)
-    numpy_error, _ = forward_errors(np.linalg.solve(a, b), reference)
-    result = solve(a, b)
-    check_honest(result, a, b, reference, numpy_error=numpy_error)
+    result = solved_honestly(with_condition(1000, 1e8, seed=8))
     assert result.success and np.all(np.isfinite(result.x))
     # plain refinement is abandoned within 2-3 corrections (early detection), not after 30
     assert result.attempts[0].path == "ir" and result.attempts[0].iterations <= 3
@@ -202,12 +192,7 @@ def test_gmres_ir_resolves_a_few_small_singular_values_in_a_few_iterations(kappa
     """float32 factors miss three near-null directions; GMRES preconditioned by the factors, applied in
     double, resolves them in a few iterations (Carson & Higham 2017): no double LU. (In single
     precision, as this code once applied them, GMRES needed 20-40 iterations here.)"""
-    a = few_small(300, kappa, seed=int(np.log10(kappa)), count=3)
-    b = right_hand_side(a)
-    reference = reference_solution(a, b)
-    numpy_error, _ = forward_errors(np.linalg.solve(a, b), reference)
-    result = solve(a, b)
-    check_honest(result, a, b, reference, numpy_error=numpy_error)
+    result = solved_honestly(few_small(300, kappa, seed=int(np.log10(kappa)), count=3))
     assert result.success and result.path == "gmres-ir", result.attempts
     assert result.attempts[0].status != "converged"
     assert 0 < result.attempts[1].inner_iterations <= 15
@@ -216,12 +201,7 @@ def test_gmres_ir_resolves_a_few_small_singular_values_in_a_few_iterations(kappa
 def test_a_doomed_gmres_ir_is_skipped_for_the_double_factorization():
     """Singular values decaying geometrically to 1e-10: half the pivots of the float32 LU come out of
     heavy cancellation, GMRES would need hundreds of iterations; it is not tried."""
-    a = with_condition(300, 1e10, seed=10)
-    b = right_hand_side(a)
-    reference = reference_solution(a, b)
-    numpy_error, _ = forward_errors(np.linalg.solve(a, b), reference)
-    result = solve(a, b)
-    check_honest(result, a, b, reference, numpy_error=numpy_error)
+    result = solved_honestly(with_condition(300, 1e10, seed=10))
     assert result.success and result.path == "double"
     gmres = result.attempts[1]
     assert gmres.path == "gmres-ir" and gmres.status == "not_run" and "cancellation" in gmres.message
