@@ -17,7 +17,7 @@ from .conftest import make_stack, psnr
 
 def test_arrays_in_any_integer_depth() -> None:
     stack = make_stack(size=64, n=5, low=1.0, high=3.0, seed=13)
-    as16 = np.clip(np.rint(np.clip(stack.frames, 0, 1) * 65535), 0, 65535).astype(np.uint16)
+    as16 = stack.quantised(16)
     result = fuse_stack(as16, zstep=0.5, depth=True, weight=5.0)
     assert result.fused_native().dtype == np.uint16
     assert psnr(result.fused, stack.truth) > 28

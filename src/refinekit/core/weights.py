@@ -62,7 +62,9 @@ def choose_weight(
 ) -> WeightChoice:
     """Pick the weight ``w`` for which ``refine(make_problem(w))`` reaches the lowest free score.
 
-    ``n_golden`` golden-section steps refine the best grid point (``n_golden=0``: the grid alone).
+    A golden-section search in log-weight between the grid neighbours of the best point then refines
+    it: ``n_golden + 1`` more trials (the two inner points, then one per step); ``n_golden=0``: the
+    grid alone.
     ``make_problem(w)`` builds a problem whose restraint (or data) weight is ``w``; what ``w`` weighs
     is the problem's business. Each trial runs at most ``max_cycles`` cycles. With ``max_deviation``,
     trials whose final figures exceed a bound are infeasible; if none is feasible the weight with the

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 
 Motion = Literal["affine", "similarity", "rigid", "translation"]
-MOTIONS: tuple[str, ...] = ("affine", "similarity", "rigid", "translation")
+MOTIONS: tuple[str, ...] = get_args(Motion)
 
 
 @dataclass

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core.atomic import atomic_write_bytes
-from ..report.html import Section, figure_to_html, pre, table_html
+from ..report.html import Section, figure_to_html, png_to_html, pre, table_html
 
 
 def demo_stack() -> Path:
@@ -65,8 +65,8 @@ def section(workdir: Path) -> Section:
     # this stack was taken from the board up to the top of the switch: the last frame is nearest
     height = height_map_figure(result.depth_map, fused, title="height map of the PCB switch",
                                last_frame_nearest=True)
-    atomic_write_bytes(workdir / "depth_3d.png", figure_png(height_map_figure(
-        result.depth_map, fused, title="height map of the PCB switch", last_frame_nearest=True)))
+    height_png = figure_png(height)
+    atomic_write_bytes(workdir / "depth_3d.png", height_png)
     found = autofocus_stack(stack)
     check = known_answer(fused)
     seconds = time.perf_counter() - started
@@ -93,7 +93,7 @@ def section(workdir: Path) -> Section:
         figure_to_html(fig, "first frame and fused image", width=900),
         figure_to_html(depth_figure(result.depth_map, result.confidence, title="depth (frames)"),
                        "depth map and confidence", width=900),
-        figure_to_html(height, "3D height map", width=700),
+        png_to_html(height_png, "3D height map", width=700),
     ]
     if trials:
         curve = free_slice_figure(trials, estimate.weight)

@@ -119,7 +119,6 @@ class FrameStack(_Frames):
         return image
 
 
-
 class ArrayStack(_Frames):
     """Frames already in memory (``(n, H, W)`` or ``(n, H, W, 3)``), read like a :class:`FrameStack`.
 

@@ -36,7 +36,12 @@ def figure_to_html(fig: Any, alt: str, width: int = 640) -> str:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110)
     plt.close(fig)
-    data = base64.b64encode(buffer.getvalue()).decode("ascii")
+    return png_to_html(buffer.getvalue(), alt, width)
+
+
+def png_to_html(png: bytes, alt: str, width: int = 640) -> str:
+    """PNG bytes as an embedded ``<img>``."""
+    data = base64.b64encode(png).decode("ascii")
     return (f'<img alt="{html.escape(alt)}" width="{width}" '
             f'src="data:image/png;base64,{data}">')
 
