@@ -210,3 +210,14 @@ def test_a_check_that_stops_the_run_returns_the_last_checked_model():
     assert result.kept_cycle == 2 and not result.usable
     # the returned model is one with a record: the best checked one (the run broke down)
     assert result.x[0] == pytest.approx(result.x_best[0]) and result.x_last[0] != result.x[0]
+
+
+def test_a_run_that_checked_no_model_cannot_be_continued():
+    class StopsAtOnce(Newton):
+        def check(self, x):
+            raise StopRefinement(Status.NON_FINITE, "nothing could be checked")
+
+    stopped = refine(StopsAtOnce())
+    assert not stopped.history
+    with pytest.raises(InputError, match="checked no model"):
+        refine(Newton(), resume_from=stopped)

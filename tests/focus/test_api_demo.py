@@ -27,6 +27,11 @@ def test_arrays_in_any_integer_depth() -> None:
     assert payload["depth"]["depth_max_um"] == pytest.approx(payload["depth"]["depth_max"] * 0.5)
 
 
+def test_an_unknown_motion_is_refused_before_reading() -> None:
+    with pytest.raises(InputError, match="motion must be one of affine, similarity, rigid, translation"):
+        fuse_stack(["/nonexistent/frame.png"] * 3, motion="bogus")
+
+
 def test_array_stack_checks_its_shape() -> None:
     with pytest.raises(InputError, match="shaped"):
         ArrayStack(np.zeros((3, 4)))

@@ -135,3 +135,26 @@ def test_autofocus_bad_input(tmp_path: Path) -> None:
     assert res.exit_code == 2 and "no such file" in res.stderr
     res = invoke("focus", "autofocus", tmp_path, "--metric", "entropy")
     assert res.exit_code == 2 and "--metric" in res.stderr
+
+
+def test_a_png_cut_short_is_one_line_in_a_real_process(frames: Path, tmp_path: Path) -> None:
+    """A PNG or JPEG whose header reads but whose body is cut short fails only when decoded; libpng's
+    own message must not reach stderr beside the error, nor libjpeg return half an image (CliRunner
+    cannot see a library's stderr: a real process)."""
+    import subprocess
+    import sys
+
+    first = next(iter(sorted(frames.iterdir())))
+    jpeg = tmp_path / "whole.jpg"
+    cv2.imwrite(str(jpeg), cv2.imread(str(first)))
+    for name, whole in (("cut.png", first.read_bytes()), ("cut.jpg", jpeg.read_bytes())):
+        cut = tmp_path / name
+        cut.write_bytes(whole[: len(whole) // 2])
+        out = tmp_path / "out.png"
+        res = subprocess.run([sys.executable, "-m", "refinekit", "focus", "fuse", frames, cut, "-o", out],
+                             capture_output=True, text=True, timeout=120)
+        assert res.returncode == 2
+        lines = res.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("refinekit: error:"), lines
+        assert name in lines[0] and "truncated" in lines[0], lines
+        assert not out.exists()

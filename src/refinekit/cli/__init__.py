@@ -7,8 +7,13 @@ import their heavy dependencies inside the commands, so that ``refinekit --help`
 from __future__ import annotations
 
 import importlib
+import os
 
 import typer
+
+# OpenCV writes its own warnings to stderr (a truncated PNG: "PNG input buffer is incomplete") before
+# the command's one-line error; the command says what went wrong
+os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
 
 from .. import __version__
 from .demo import demo_command

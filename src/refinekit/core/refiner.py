@@ -210,6 +210,8 @@ class Refiner:
 
     def _continuation(self, result: RefinementResult) -> dict[str, Any]:
         """The state just before ``result``'s last check, rebuilt from its history."""
+        if not result.history:
+            raise InputError("cannot continue a run that checked no model")
         before = result.history[:-1]
         monitor = OverfitMonitor(self.monitor.patience, self.monitor.min_delta, self.monitor.rel_delta)
         for record in before:

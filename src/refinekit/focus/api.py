@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from ..core import InputError
-from .align import Aligner, FrameWarp, Motion
+from .align import MOTIONS, Aligner, FrameWarp, Motion
 from .depth import DepthEstimate, estimate_depth, focus_map
 from .fusion import PyramidFusion
 from .io import Stack, as_stack, to_dtype
@@ -146,6 +146,8 @@ def fuse_stack(
     ((96, 96), (96, 96), 'uint8')
     """
     started = time.perf_counter()
+    if motion not in MOTIONS:
+        raise InputError(f"motion must be one of {', '.join(MOTIONS)}, got {motion!r}")
     stack = as_stack(frames)
     if zstep is not None and not (np.isfinite(zstep) and zstep > 0):
         raise InputError(f"the z-step must be a positive number of µm, got {zstep}")

@@ -344,6 +344,9 @@ def _decode(ref: FrameRef) -> np.ndarray:
             import cv2
 
             raw = np.fromfile(path, dtype=np.uint8)
+            cut = _cut_short(raw)
+            if cut:
+                raise InputError(f"cannot decode image ({cut})", path=path)
             image = cv2.imdecode(raw, cv2.IMREAD_UNCHANGED) if raw.size else None
             if image is not None and image.ndim == 3:
                 code = cv2.COLOR_BGRA2RGB if image.shape[2] == 4 else cv2.COLOR_BGR2RGB
@@ -363,6 +366,17 @@ def _decode(ref: FrameRef) -> np.ndarray:
     if image.size == 0:
         raise InputError("empty image", path=path)
     return np.ascontiguousarray(image)
+
+
+def _cut_short(raw: np.ndarray) -> str | None:
+    """Why a PNG or JPEG file is cut short (its end marker is missing), or None. Their decoders would
+    otherwise print to stderr themselves (libpng) or return the part that was there (libjpeg)."""
+    head, tail = raw[:8].tobytes(), raw[-4096:].tobytes()
+    if head.startswith(b"\x89PNG\r\n\x1a\n") and b"IEND" not in tail:
+        return "the PNG is truncated: no IEND chunk"
+    if head.startswith(b"\xff\xd8") and b"\xff\xd9" not in tail:
+        return "the JPEG is truncated: no end-of-image marker"
+    return None
 
 
 def _tiff_frame(series, index: int) -> np.ndarray:
