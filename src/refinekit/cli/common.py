@@ -81,6 +81,20 @@ def check_outputs(outputs: Iterable[Path | str | None], inputs: Iterable[Path | 
             raise InputError("output path is a directory", path=out)
 
 
+def check_output_folder(out_dir: Path | str, outputs: Iterable[Path | str | None],
+                        inputs: Iterable[Path | str | None]) -> None:
+    """Before a run: ``out_dir`` is a folder or can be made, and where it exists already no output in
+    it would replace an input (see :func:`check_outputs`)."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError("the output folder exists and is not a folder", path=out_dir)
+    parent = out_dir.parent if str(out_dir.parent) else Path(".")
+    if not out_dir.exists() and not parent.is_dir():
+        raise InputError(f"the folder {parent} for the outputs does not exist", path=out_dir)
+    if out_dir.is_dir():
+        check_outputs(outputs, inputs)
+
+
 def _same_file(a: Path, b: Path) -> bool:
     try:
         return a.exists() and b.exists() and os.path.samefile(a, b)

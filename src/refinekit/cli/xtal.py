@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from .common import ProgressBar, check_outputs, emit, exit_code, handle_errors
+from .common import ProgressBar, check_output_folder, emit, exit_code, handle_errors
 
 app = typer.Typer(help="Crystallography: refine an atomic model against structure-factor amplitudes, "
                        "with R_work/R_free and the overfitting alarm.", no_args_is_help=True)
@@ -69,6 +69,7 @@ def refine_command(
     R_work/R_free every cycle, keep the best model by R_free."""
     from ..core import InputError
     from ..xtal import prepare_refinement, write_outputs
+    from ..xtal.api import output_stem
 
     if cycles < 0:
         raise InputError(f"--cycles must be >= 0, got {cycles}")
@@ -84,22 +85,19 @@ def refine_command(
             raise InputError(f"--weight must be auto or a positive number, got {weight!r}") from None
         if not weight_value > 0:
             raise InputError(f"--weight must be positive, got {weight}")
-    out_dir = out if out is not None else Path(_stem(model) + "_refined")
-    if out_dir.exists() and not out_dir.is_dir():
-        raise InputError("the output folder exists and is not a folder", path=out_dir)
+    out_dir = out if out is not None else Path(output_stem(model) + "_refined")
     # everything is read and checked before anything is written
     job = prepare_refinement(model, data, monlib=monlib, labels=_labels(labels), free_label=free_label,
                              free_fraction=free_fraction, seed=seed, twin=twin, hydrogens=hydrogens,
                              occupancy=occupancy, target=target)
     outputs = job.output_paths(out_dir)
-    _check_output_folder(out_dir, list(outputs.values()), [model, data])
+    check_output_folder(out_dir, list(outputs.values()), [model, data])
     result = job.run(cycles=cycles, weight=weight_value, stop_on_overfit=not keep_going,
                      callbacks=[ProgressBar("refining")])
     if not result.usable:
         emit(result.to_dict(), result.report(), as_json)
         raise typer.Exit(exit_code(result))
     out_dir.mkdir(parents=True, exist_ok=True)
-    check_outputs(list(outputs.values()), [model, data])
     written = write_outputs(job, result, outputs, keep_hydrogens=write_hydrogens)
     payload = result.to_dict()
     payload["outputs"] = {k: str(v) for k, v in written.items()}
@@ -107,25 +105,3 @@ def refine_command(
     emit(payload, text, as_json)
     raise typer.Exit(exit_code(result))
 
-
-def _check_output_folder(out_dir: Path, outputs: list[Path], inputs: list[Path]) -> None:
-    """Before the run: the folder can be made, and no output would replace an input."""
-    from ..core import InputError
-
-    parent = out_dir.parent if str(out_dir.parent) else Path(".")
-    if not out_dir.exists() and not parent.is_dir():
-        raise InputError(f"the folder {parent} for the outputs does not exist", path=out_dir)
-    resolved_inputs = {p.resolve() for p in inputs}
-    for path in outputs:
-        if path.resolve() in resolved_inputs:
-            raise InputError(f"output {path} would overwrite an input")
-        if path.is_dir():
-            raise InputError("an output path is a folder", path=path)
-
-
-def _stem(path: Path) -> str:
-    name = path.name
-    for suffix in (".gz", ".cif", ".pdb", ".ent", ".mmcif"):
-        if name.lower().endswith(suffix):
-            name = name[: -len(suffix)]
-    return name

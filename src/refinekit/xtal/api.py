@@ -25,6 +25,7 @@ from ..core import (
     atomic_write_text,
 )
 from ..core.result import _fmt, jsonable
+from ..core.weights import _excess
 from .io import (
     check_model_matches_data,
     load_monomer_library,
@@ -35,15 +36,7 @@ from .io import (
 )
 from .model import AtomicModel
 from .problem import XtalRefinementProblem
-from .reflections import ReflectionData
-from .rfactors import (
-    _twin_analysis,
-    calc_b_min,
-    free_set_bias_warning,
-    parse_twin_law,
-    twin_free_set_warning,
-)
-from .sfcalc import StructureFactorCalculator
+from .rfactors import free_set_bias_warning, parse_twin_law, r_factors_of, twin_free_set_warning
 from .targets import map_coefficients
 from .twin import TwinModel
 
@@ -57,6 +50,21 @@ MAX_DEVIATION = {"bond_rmsd": 0.02, "angle_rmsd": 2.5}
 #: moves are within the cycle-to-cycle noise of a converged refinement
 OVERFIT_MIN_DELTA = 0.001
 DEFAULT_ADP_WEIGHT = 0.1
+#: what :func:`output_stem` takes off a model file's name
+MODEL_SUFFIXES = (".gz", ".cif", ".pdb", ".ent", ".mmcif")
+
+
+def output_stem(path: str | os.PathLike[str]) -> str:
+    """The model file's name without its model suffixes, the stem of the output names.
+
+    >>> output_stem("models/5wkd.pdb.gz")
+    '5wkd'
+    """
+    name = Path(path).name
+    for suffix in MODEL_SUFFIXES:
+        if name.lower().endswith(suffix):
+            name = name[: -len(suffix)]
+    return name
 
 
 @dataclass
@@ -133,23 +141,10 @@ class RefinementJob:
         self.problems: dict[float, XtalRefinementProblem] = {}
 
     def _decide_twin(self, twin: str) -> None:
-        st = self.first_model.structure
-        masker = gemmi.SolventMasker(gemmi.AtomicRadiiSet.Refmac)
-        calc = StructureFactorCalculator(self.data.cell, self.data.spacegroup, self.data.hkl, self.data.d_min,
-                                         b_min=calc_b_min(st), rate=1.25)
-        from .fmodel import agreement, fit_scale
-
-        fc = calc.atomic(st[0])
-        fmask = calc.solvent(st[0], masker)
-        scale = fit_scale(self.data, fc, fmask)
-        plain = agreement(self.data, np.abs(scale.k_aniso * (fc + scale.k_mask * fmask)))
-        info = _twin_analysis(st, self.data, calc, masker, plain, twin)
-        info.pop("_agreement", None)
-        info.pop("_scale", None)
-        self.twin_info = info
-        if info.get("law"):
-            self.twin_law = parse_twin_law(info["law"])
-            self.twin_fraction = float(info["fraction"])
+        self.twin_info = r_factors_of(self.first_model.structure, self.data, twin=twin, grid_rate=1.25).twin
+        if self.twin_info.get("law"):
+            self.twin_law = parse_twin_law(self.twin_info["law"])
+            self.twin_fraction = float(self.twin_info["fraction"])
 
     # ------------------------------------------------------------------------------ problems
     def make_problem(self, weight: float) -> XtalRefinementProblem:
@@ -170,10 +165,7 @@ class RefinementJob:
         return problem
 
     def output_paths(self, out_dir: str | os.PathLike[str]) -> dict[str, Path]:
-        stem = self.model_path.name
-        for suffix in (".gz", ".cif", ".pdb", ".ent", ".mmcif"):
-            if stem.lower().endswith(suffix):
-                stem = stem[: -len(suffix)]
+        stem = output_stem(self.model_path)
         out = Path(out_dir)
         return {"mmcif": out / f"{stem}_refined.cif", "pdb": out / f"{stem}_refined.pdb",
                 "mtz": out / f"{stem}_refined.mtz", "json": out / f"{stem}_refined.json",
@@ -220,7 +212,7 @@ class RefinementJob:
         first = self.make_problem(middle)
         first.initial()
         problems = {w: (first if w == middle else first.fork(w)) for w in weights}
-        self.problems.update(problems)
+        self.problems.update(problems)      # the forks too: a later make_problem takes over their calibration
         trials, results = [], {}
         for w in [middle] + [w for w in weights if w != middle]:
             problem = problems[w]
@@ -244,8 +236,7 @@ class RefinementJob:
             message = (f"weight {chosen.weight:.4g} gave the lowest R_free {chosen.free:.4f} of "
                        f"{len(trials)} trials of {trial_cycles} cycles within {bounds}")
         else:
-            chosen = min(trials, key=lambda t: sum(max(0.0, t.figures.get(k, 0.0) / b - 1.0)
-                                                    for k, b in MAX_DEVIATION.items()))
+            chosen = min(trials, key=lambda t: _excess(t, MAX_DEVIATION))
             message = (f"no weight kept the deviations within bounds ({bounds}): chose the one closest "
                        "to them")
         return WeightChoice(chosen.weight, trials, message, results), problems
@@ -396,5 +387,5 @@ def refine_structure(model_path: str | os.PathLike[str], data_path: str | os.Pat
     return result
 
 
-__all__ = ["RefinementJob", "ReflectionData", "XtalRefinementResult", "plot_r_factors", "prepare_refinement",
+__all__ = ["RefinementJob", "XtalRefinementResult", "output_stem", "plot_r_factors", "prepare_refinement",
            "refine_structure", "write_outputs", "write_plot"]

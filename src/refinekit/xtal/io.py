@@ -34,9 +34,10 @@ def read_model(path: str | os.PathLike[str]) -> gemmi.Structure:
     """
     path = Path(path)
     _require_file(path)
-    if b"\0" in _head(path):
+    head = _head(path)
+    if b"\0" in head:
         raise InputError("cannot read the model (a binary file, not PDB or mmCIF)", path=path)
-    if _looks_like_pdb(path):
+    if _looks_like_pdb(head):
         _check_pdb_not_truncated(path)
     try:
         st = gemmi.read_structure(str(path), merge_chain_parts=True)
@@ -60,9 +61,10 @@ def _head(path: Path, size: int = 4096) -> bytes:
         raise InputError(f"cannot read the file ({_first_line(exc)})", path=path) from None
 
 
-def _looks_like_pdb(path: Path) -> bool:
-    """PDB unless the text starts as a CIF document does (whatever the file is called)."""
-    text = _head(path).lstrip()
+def _looks_like_pdb(head: bytes) -> bool:
+    """PDB unless the file's first bytes (:func:`_head`) start as a CIF document does (whatever the
+    file is called)."""
+    text = head.lstrip()
     while text.startswith(b"#"):
         text = text.split(b"\n", 1)[-1].lstrip() if b"\n" in text else b""
     return not text.startswith(b"data_")

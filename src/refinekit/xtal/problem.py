@@ -108,13 +108,12 @@ class XtalRefinementProblem(RefinementProblem):
         self._cache = _Evaluation(x.copy(), arrays, fc, mate)
         return self._cache
 
-    def _refresh_solvent_and_scale(self, ev: _Evaluation, *, mask: bool = True) -> None:
-        """Bulk-solvent mask (unless ``mask`` is false and there is one) and scale factors for the
-        model ``ev`` (once per cycle)."""
+    def _refresh_solvent_and_scale(self, ev: _Evaluation) -> None:
+        """Bulk-solvent mask (unless this model's is there) and scale factors for the model ``ev``
+        (once per cycle)."""
         if self._scale_x is not None and np.array_equal(self._scale_x, ev.x) and self._scale is not None:
             return                                  # this model's mask and scales are there already
-        if (mask and not (self._fmask_x is not None and np.array_equal(self._fmask_x, ev.x))) \
-                or self._fmask is None:
+        if not (self._fmask_x is not None and np.array_equal(self._fmask_x, ev.x)) or self._fmask is None:
             if self.solvent:
                 self._place_model(ev.x)
                 fmask_all = self.calc.solvent(self.model.structure[0], self.masker)
@@ -286,9 +285,8 @@ class XtalRefinementProblem(RefinementProblem):
     def total(self, x: np.ndarray) -> float:
         """weight * X-ray target + restraints, with this cycle's scales and mask."""
         ev = self._evaluate(x)
-        xray = self.target.value(self._fm_abs(ev), self.data.work)
         geom = self.model.restraints.evaluate(ev.arrays.xyz, ev.arrays.b_iso, adp_weight=self.adp_weight)
-        return self.weight * xray + geom.value
+        return self.weight * self.xray_value(x) + geom.value
 
     def value_and_gradient(self, x: np.ndarray) -> tuple[float, np.ndarray, np.ndarray, Any]:
         """Total value, its gradient by the parameters, the X-ray Fisher diagonal, and the restraint

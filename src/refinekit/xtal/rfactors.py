@@ -175,14 +175,14 @@ def _twin_analysis(st: gemmi.Structure, data: ReflectionData, calc: StructureFac
                  "free_mates_in_work": free_mates_in_work(data, law)}
         info["candidates"].append(entry)
         if best is None or agree.r_work < best[1].r_work:
-            best = (model, agree, scale)
+            best = (model, agree, scale, entry["free_mates_in_work"])
     if best is not None:
-        model, agree, scale = best
+        model, agree, scale, mates_in_work = best
         forced = twin != "auto"
         if forced or (plain.r_work - agree.r_work > TWIN_R_GAIN and model.fraction > 0.05):
             info.update(law=model.describe(), fraction=model.fraction, untwinned_r_work=plain.r_work,
                         untwinned_r_free=plain.r_free, _agreement=agree, _scale=scale,
-                        free_mates_in_work=free_mates_in_work(data, model.law))
+                        free_mates_in_work=mates_in_work)
     return info
 
 

@@ -141,18 +141,16 @@ class StructureFactorCalculator:
         recip = gemmi.transform_map_to_f_phi(dc.grid, half_l=True)
         return recip.get_value_by_hkl(self.hkl, unblur=dc.blur).astype(np.complex128)
 
-    def solvent(self, model: gemmi.Model, masker: gemmi.SolventMasker, spacing: float | None = None
-                ) -> np.ndarray:
+    def solvent(self, model: gemmi.Model, masker: gemmi.SolventMasker) -> np.ndarray:
         """F of a flat bulk-solvent mask (1 in the solvent, 0 in the molecule) at ``self.hkl``.
 
-        The mask is a step function: it needs a finer grid than the blurred atoms do (``spacing``,
-        by default d_min/3.3 and at most 0.6 Å); even so R_free moves by about 0.001 with the grid.
+        The mask is a step function: it needs a finer grid than the blurred atoms do (a spacing of
+        d_min/3.3, at most 0.6 Å); even so R_free moves by about 0.001 with the grid.
         """
         grid = gemmi.FloatGrid()
         grid.spacegroup = self.spacegroup
         grid.set_unit_cell(self.cell)
-        step = spacing if spacing is not None else min(self.d_min / 3.3, 0.6)
-        grid.set_size_from_spacing(step, gemmi.GridSizeRounding.Up)
+        grid.set_size_from_spacing(min(self.d_min / 3.3, 0.6), gemmi.GridSizeRounding.Up)
         masker.put_mask_on_float_grid(grid, model)
         recip = gemmi.transform_map_to_f_phi(grid, half_l=True)
         return recip.get_value_by_hkl(self.hkl).astype(np.complex128)
