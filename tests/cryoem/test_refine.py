@@ -11,6 +11,7 @@ from refinekit.cryoem import (
     compare_poses,
     orientation_grid,
     random_rotations,
+    reconstruct_particles,
     refine_particles,
     simulate_particles,
     stack_from_simulation,
@@ -21,7 +22,7 @@ from refinekit.cryoem.datasets import bundled_map
 from refinekit.cryoem.fourier import FourierVolume
 from refinekit.cryoem.fsc import crossing_shell
 from refinekit.cryoem.geometry import angular_distance, axis_angle_matrix
-from refinekit.cryoem.reconstruct import backproject_particles, reconstruct_halves
+from refinekit.cryoem.reconstruct import backproject_particles
 from refinekit.cryoem.search import ParticleTransforms, Poses, global_search, local_search, shift_grid
 from refinekit.cryoem.simulate import resample_map
 
@@ -98,11 +99,8 @@ def test_refinement_reaches_the_true_pose_resolution(small_simulation):
         abs(float(angular_distance(comparison.registration, np.eye(3))) - 25.0) < 1.0
     )  # the start's rotation
     # the same halves reconstructed at the true poses
-    data = ParticleTransforms(sim.images, sim.ctf, sim.pixel_size, 15, NumpyBackend())
-    halves = [np.flatnonzero(result.subsets == h) for h in (1, 2)]
-    bps = [backproject_particles(data, h, sim.rotations[h], sim.origins[h], np.ones(17)) for h in halves]
-    true_rec = reconstruct_halves(bps[0], bps[1], sim.pixel_size)
-    assert abs(result.x.crossing - crossing_shell(true_rec.fsc.unmasked)) <= 1.0
+    _, _, true_fsc = reconstruct_particles(stack_from_simulation(sim, result.subsets), sim.rotations, sim.origins)
+    assert abs(result.x.crossing - crossing_shell(true_fsc.unmasked)) <= 1.0
     # every iteration is recorded with its figures
     for record in result.history[1:]:
         assert {"resolution_a", "median_angle_change_deg", "mean_score"} <= set(record.figures)

@@ -23,9 +23,7 @@ from refinekit.cryoem.fsc import crossing_shell
 
 def reconstruct_with(sim, subsets, rotations, origins):
     """The full map and the half maps' FSC at the given poses, with the given halves."""
-    stack = stack_from_simulation(sim)
-    stack.subsets = subsets
-    full_map, _, fsc = reconstruct_particles(stack, rotations, origins)
+    full_map, _, fsc = reconstruct_particles(stack_from_simulation(sim, subsets), rotations, origins)
     return SimpleNamespace(full_map=full_map, fsc=fsc)
 
 

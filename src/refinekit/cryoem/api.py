@@ -145,9 +145,10 @@ def reconstruct_particles(
     return reconstruct_single(bp), None, None
 
 
-def stack_from_simulation(sim: Any) -> ParticleStack:
-    """A :class:`ParticleStack` (no poses) holding simulated particles, for the API without files."""
-    return ParticleStack(images=sim.images, pixel_size=sim.pixel_size, ctf=sim.ctf)
+def stack_from_simulation(sim: Any, subsets: np.ndarray | None = None) -> ParticleStack:
+    """A :class:`ParticleStack` (no poses) holding simulated particles, for the API without files;
+    ``subsets``: the half (1 or 2) of each particle, where already split."""
+    return ParticleStack(images=sim.images, pixel_size=sim.pixel_size, ctf=sim.ctf, subsets=subsets)
 
 
 # ------------------------------------------------------------------------------------ outputs

@@ -49,9 +49,9 @@ def section(workdir: Path) -> Section:
 
     comparison = compare_poses(state.poses.rotations, state.poses.origins, sim.rotations, sim.origins)
     # the same halves reconstructed at the true poses
-    truth_stack = stack_from_simulation(sim)
-    truth_stack.subsets = result.subsets
-    _, _, true_fsc = reconstruct_particles(truth_stack, sim.rotations, sim.origins)
+    _, _, true_fsc = reconstruct_particles(
+        stack_from_simulation(sim, result.subsets), sim.rotations, sim.origins
+    )
     true_crossing = crossing_shell(true_fsc.unmasked)
     box = sim.images.shape[-1]
     truth_fsc = fourier_shell_correlation(rotate_map(state.full_map, comparison.registration), sim.volume)

@@ -164,7 +164,6 @@ class RefinementState:
     figures: dict[str, float] = field(default_factory=dict)
     best_crossing_before: float = 0.0
     raw_half_maps: tuple[np.ndarray, np.ndarray] | None = None
-    reference_crossing: float | None = None  # where the next references are low-passed (None: crossing)
 
 
 class ProjectionMatching(RefinementProblem):
@@ -300,6 +299,13 @@ class ProjectionMatching(RefinementProblem):
         shifts = [min(shift_cap, math.radians(a) * self.radius_px) for a in steps]
         return steps, [max(s, 0.05) for s in shifts]
 
+    def reference_shell(self, state: RefinementState) -> float:
+        """Where the references made from ``state`` are low-passed: the unmasked 0.143 crossing, or with
+        ``solvent_flatten`` the corrected masked one where that is higher."""
+        if not self.options.solvent_flatten or state.fsc is None or state.fsc.corrected is None:
+            return state.crossing
+        return max(state.crossing, min(crossing_shell(state.fsc.corrected), self.box / 2 - 1))
+
     def reference_for(self, state: RefinementState, half: int, crossing: float) -> np.ndarray:
         """A half's reference: its map low-passed at ``crossing`` (cosine edge 3 shells wide, half-way at
         the crossing), times the solvent mask (with ``solvent_flatten``, once there is one) or the soft
@@ -326,9 +332,7 @@ class ProjectionMatching(RefinementProblem):
             and bool(state.figures.get("global_search"))
             and (improving or (bool(state.figures.get("ambiguous")) and self._still_learning(state)))
         )
-        crossing = state.crossing
-        if opts.solvent_flatten and state.reference_crossing is not None:
-            crossing = state.reference_crossing
+        crossing = self.reference_shell(state)
         r_max = min(crossing + 1.5, self.box / 2 - 0.5)
         final_step = self.final_angle_step(state.resolution)
         n = len(self.stack)
@@ -336,6 +340,9 @@ class ProjectionMatching(RefinementProblem):
         origins = np.empty((n, 2))
         scores = np.empty(n)
         weights = 1.0 / state.noise_power if opts.whiten else np.ones_like(state.noise_power)
+        # per half: the noise scale (mean inverse noise power) and the weights relative to it
+        noise_scale = weights.mean(axis=1)
+        relative_weights = weights / noise_scale[:, None]
         correlations = np.empty(n)
         z_values: list[np.ndarray] = []
         ambiguous_halves: list[bool] = []
@@ -343,24 +350,30 @@ class ProjectionMatching(RefinementProblem):
         shift_sigmas = self.shift_sigmas(state)
         # the poses each half is reconstructed at: (particles, rotations, origins, weights)
         inserts: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None] = [None, None]
+        if is_global:
+            # the same for both halves: the shift grid, the local levels after the grid, the score that
+            # noise alone reaches on the grid
+            period_px = self.box / max(r_max, 1.0)
+            shift_step = max(1.0, float(np.floor(period_px / 4)))
+            origin_grid = shift_grid(self.max_shift, shift_step)
+            global_levels = self._local_schedule(
+                healpix_step(opts.global_order) / 2, final_step, shift_step / 2
+            )
+            null_max = float(np.sqrt(2 * np.log(len(self.grid) * len(origin_grid))))
         for h, index in enumerate(self.halves):
             volume = FourierVolume(self.reference_for(state, h, crossing), opts.pad, be)
-            w = weights[h] / np.mean(weights[h])
-            like = Likelihood(float(np.mean(weights[h])), shift_sigmas[h])
+            w = relative_weights[h]
+            like = Likelihood(float(noise_scale[h]), shift_sigmas[h])
             modes = None
             if is_global:
-                period_px = self.box / max(r_max, 1.0)
-                shift_step = max(1.0, float(np.floor(period_px / 4)))
-                steps, shifts = self._local_schedule(
-                    healpix_step(opts.global_order) / 2, final_step, shift_step / 2
-                )
+                steps, shifts = global_levels
                 m = opts.global_candidates or AMBIGUOUS_CANDIDATES
                 poses = global_search(
                     volume,
                     self.data,
                     index,
                     self.grid.matrices,
-                    shift_grid(self.max_shift, shift_step),
+                    origin_grid,
                     r_max,
                     w,
                     candidates=m,
@@ -371,14 +384,11 @@ class ProjectionMatching(RefinementProblem):
                 first = np.arange(index.size) * m
                 z = like.to_scores(poses.scores[first], poses.origins[first]) * np.sqrt(2 * like.scale)
                 z_values.append(z)
-                null_max = float(
-                    np.sqrt(2 * np.log(len(self.grid) * len(shift_grid(self.max_shift, shift_step))))
-                )
                 ambiguous = float(np.median(z)) < null_max + opts.ambiguity_z
                 ambiguous_halves.append(ambiguous)
                 if opts.global_candidates is None and not ambiguous:
                     m = 1
-                    poses = poses.subset(np.arange(index.size) * AMBIGUOUS_CANDIDATES)
+                    poses = poses.subset(first)
                 if m > 1:
                     # every candidate through the coarse levels; the best of each particle goes on
                     coarse = min(3, max(1, len(steps) - 2))
@@ -393,7 +403,7 @@ class ProjectionMatching(RefinementProblem):
                         w,
                         likelihood=like,
                     )
-                    best = trial.scores.reshape(index.size, m).argmax(axis=1) + np.arange(index.size) * m
+                    best = trial.scores.reshape(index.size, m).argmax(axis=1) + first
                     poses = trial.subset(best)
                     steps, shifts = steps[coarse:], shifts[coarse:]
                     modes = (trial, best)
@@ -415,26 +425,20 @@ class ProjectionMatching(RefinementProblem):
         # FSC, mask
         bps = []
         for h, index in enumerate(self.halves):
-            noise_weights = weights[h] / np.mean(weights[h])
-            if inserts[h] is None:
-                bp = backproject_particles(
-                    self.data, index, rotations[index], origins[index], noise_weights, opts.pad
+            particles, at_rotations, at_origins, pose_weight = inserts[h] or (
+                index, rotations[index], origins[index], None
+            )
+            bps.append(
+                backproject_particles(
+                    self.data, particles, at_rotations, at_origins, relative_weights[h], opts.pad, pose_weight
                 )
-            else:
-                particles, at_rotations, at_origins, pose_weight = inserts[h]
-                bp = backproject_particles(
-                    self.data, particles, at_rotations, at_origins, noise_weights, opts.pad, pose_weight
-                )
-            bps.append(bp)
+            )
         rec = reconstruct_halves(bps[0], bps[1], self.pixel_size)
         mask = solvent_mask(rec.full_map, self.pixel_size, lowpass_resolution=max(15.0, 3 * self.pixel_size))
         report = gold_standard_fsc(
             rec.half_maps[0], rec.half_maps[1], self.pixel_size, mask, seed=opts.seed + it
         )
         new_crossing = min(crossing_shell(report.unmasked), self.box / 2 - 1)
-        reference_crossing = new_crossing
-        if report.corrected is not None:
-            reference_crossing = max(new_crossing, min(crossing_shell(report.corrected), self.box / 2 - 1))
         resolution = shell_to_resolution(new_crossing, self.box, self.pixel_size)
         noise = np.stack(
             [
@@ -454,7 +458,9 @@ class ProjectionMatching(RefinementProblem):
             "ambiguous": float(any(ambiguous_halves)),
             "median_best_z": float(np.median(np.concatenate(z_values))) if z_values else float("nan"),
             "finest_angle_step_deg": final_step,
-            "mean_score": float(np.mean(correlations / norm_of(self.data, r_max, weights, self.halves))),
+            "mean_score": float(
+                np.mean(correlations / norm_of(self.data, r_max, relative_weights, self.halves))
+            ),
             "shift_prior_sigma_px": float(np.mean([s for s in shift_sigmas if s is not None]))
             if opts.shift_prior
             else float("nan"),
@@ -497,7 +503,6 @@ class ProjectionMatching(RefinementProblem):
             mask=mask,
             figures=figures,
             best_crossing_before=best_before,
-            reference_crossing=reference_crossing,
         )
 
     def _still_learning(self, state: RefinementState) -> bool:
@@ -538,11 +543,7 @@ class ProjectionMatching(RefinementProblem):
             x = self.data.masked[be.asarray(index[start : start + 512], "int64")]
             per_point = be.to_numpy((x.real * x.real + x.imag * x.imag).sum(0)).astype(np.float64)
             total += np.bincount(shells, weights=per_point, minlength=self.n_shells)
-        count = np.bincount(shells, minlength=self.n_shells).astype(float) * index.size
-        power = total / np.maximum(count, 1)
-        valid = count > 0
-        power[~valid] = np.interp(np.flatnonzero(~valid), np.flatnonzero(valid), power[valid])
-        return np.maximum(power, 1e-12 * max(power.max(), 1e-30))
+        return shell_mean(total, np.bincount(shells, minlength=self.n_shells) * index.size)
 
     def _noise_power(
         self, half_map: np.ndarray, index: np.ndarray, rotations: np.ndarray, origins: np.ndarray
@@ -556,7 +557,6 @@ class ProjectionMatching(RefinementProblem):
         kx, ky = be.asarray(points.kx, "float32"), be.asarray(points.ky, "float32")
         shells = points.shell
         total = np.zeros(self.n_shells)
-        count = np.bincount(shells, minlength=self.n_shells).astype(float) * index.size
         cross_sum = 0.0
         power_sum = 0.0
         residual_parts = []
@@ -580,22 +580,28 @@ class ProjectionMatching(RefinementProblem):
             ri = xi - scale * model.imag
             per_point = be.to_numpy((rr * rr + ri * ri).sum(0)).astype(np.float64)
             total += np.bincount(shells, weights=per_point, minlength=self.n_shells)
-        power = total / np.maximum(count, 1)
-        # shells without points (the corner beyond Nyquist, shell 0) take their neighbour's value
-        valid = count > 0
-        power[~valid] = np.interp(np.flatnonzero(~valid), np.flatnonzero(valid), power[valid])
-        return np.maximum(power, 1e-12 * max(power.max(), 1e-30))
+        return shell_mean(total, np.bincount(shells, minlength=self.n_shells) * index.size)
+
+
+def shell_mean(total: np.ndarray, count: np.ndarray) -> np.ndarray:
+    """Mean power per shell from sums ``total`` over ``count`` points: shells without points (the
+    corner beyond Nyquist, shell 0) take their neighbours' value, and a tiny floor keeps it positive."""
+    power = total / np.maximum(count, 1)
+    valid = count > 0
+    power[~valid] = np.interp(np.flatnonzero(~valid), np.flatnonzero(valid), power[valid])
+    return np.maximum(power, 1e-12 * max(power.max(), 1e-30))
 
 
 def norm_of(
     data: ParticleTransforms, r_max: float, weights: np.ndarray, halves: list[np.ndarray]
 ) -> np.ndarray:
-    """Per-particle ``sqrt(sum w |X|^2)`` over the compared band (turns scores into correlations)."""
+    """Per-particle ``sqrt(sum w |X|^2)`` over the compared band (turns scores into correlations), with
+    each half's ``weights`` per shell."""
     be = data.backend
     count = data.limit(r_max)
     out = np.empty(data.n)
     for h, index in enumerate(halves):
-        w = be.asarray((weights[h] / np.mean(weights[h]))[data.points.shell], "float32")
+        w = be.asarray(weights[h][data.points.shell], "float32")
         out[index] = norm_of_particles(data, count, w, index)
     return out
 

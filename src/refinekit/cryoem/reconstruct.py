@@ -95,11 +95,9 @@ def reconstruct_halves(
     bp1: BackProjector,
     bp2: BackProjector,
     pixel_size: float,
-    mask: np.ndarray | None = None,
-    seed: int = 0,
 ) -> Reconstruction:
-    """Half maps, their FSC (masked and phase-randomisation corrected too when a ``mask`` is given), the
-    half maps Wiener-filtered with that FSC, and the full map from both halves.
+    """Half maps, their (unmasked) FSC, the half maps Wiener-filtered with that FSC, and the full map
+    from both halves.
 
     The FSC is measured on the half maps with the minimal regulariser: a Wiener filter that damps a shell
     more where it has less signal would leave the masked FSC of the weak shells to be made of what the
@@ -112,7 +110,7 @@ def reconstruct_halves(
         bp1.reconstruct(regularisation_from_fsc(None, weights[0])),
         bp2.reconstruct(regularisation_from_fsc(None, weights[1])),
     )
-    report = gold_standard_fsc(raw[0], raw[1], pixel_size, mask, seed=seed)
+    report = gold_standard_fsc(raw[0], raw[1], pixel_size)
     lam = [regularisation_from_fsc(report.unmasked, w) for w in weights]
     filtered = (bp1.reconstruct(lam[0]), bp2.reconstruct(lam[1]))
     # the full map: lambda = 1 / (signal power), which does not depend on how much data there is
