@@ -25,7 +25,14 @@ from refinekit.cryoem.backend import get_backend
 from refinekit.cryoem.datasets import bundled_map
 from refinekit.cryoem.fourier import FourierVolume
 from refinekit.cryoem.reconstruct import backproject_particles
-from refinekit.cryoem.search import ParticleTransforms, Poses, global_search, local_search, shift_grid
+from refinekit.cryoem.search import (
+    Likelihood,
+    ParticleTransforms,
+    Poses,
+    global_search,
+    local_search,
+    shift_grid,
+)
 from refinekit.cryoem.simulate import resample_map
 
 
@@ -60,16 +67,30 @@ def run(box: int, n: int, backend, repeats: int, max_elements: int) -> dict[str,
     origins = shift_grid(3.0, 1.0)
     weights = np.ones(box // 2 + 1)
     index = np.arange(n)
+    # as refinement searches by default: log-posterior with the prior on the origins
+    likelihood = Likelihood(1.0, shift_sigma=1.5)
 
     def search() -> Poses:
-        return global_search(fv, data, index, grid, origins, box / 4, weights, max_elements=max_elements)
+        return global_search(
+            fv, data, index, grid, origins, box / 4, weights, max_elements=max_elements, likelihood=likelihood
+        )
 
     poses = search()
     t_global = timed(backend, search, repeats)
     t_local = timed(
         backend,
         lambda: local_search(
-            fv, data, index, poses, [2.0], [0.5], box / 3, weights, batch=max(64, n // 8), max_moves=0
+            fv,
+            data,
+            index,
+            poses,
+            [2.0],
+            [0.5],
+            box / 3,
+            weights,
+            batch=max(64, n // 8),
+            max_moves=0,
+            likelihood=likelihood,
         ),
         repeats,
     )

@@ -239,6 +239,10 @@ def test_simulate_bad_input(tmp_path):
         ((bundled_map_path("emd_1832"), "-n", 10, "--snr", 0), "--snr"),
         ((bundled_map_path("emd_1832"), "-n", 0, "--snr", 1), "-n"),
         ((bundled_map_path("emd_1832"), "-n", 10, "--snr", 1, "--start-lowpass", 5), "Nyquist"),
+        ((bundled_map_path("emd_1832"), "-n", 10, "--snr", "inf"), "--snr"),
+        ((bundled_map_path("emd_1832"), "-n", 10, "--snr", 1, "--seed", -1), "--seed"),
+        ((bundled_map_path("emd_1832"), "-n", 10, "--snr", 1, "--voltage", 0), "--voltage"),
+        ((bundled_map_path("emd_1832"), "-n", 10, "--snr", 1, "--start-rotation", "nan"), "--start-rotation"),
     ):
         res = invoke("cryoem", "simulate", *args, "-o", out)
         assert res.exit_code == 2 and needle in res.stderr and len(res.stderr.strip().splitlines()) == 1
@@ -247,6 +251,17 @@ def test_simulate_bad_input(tmp_path):
     write_map(nopix, np.ones((16, 16, 16), dtype=np.float32), None)
     res = invoke("cryoem", "simulate", nopix, "-n", 10, "--snr", 1, "-o", out)
     assert res.exit_code == 2 and "--pixel-size" in res.stderr and not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("extra", "needle"),
+    [(("--seed", "-1"), "--seed"), (("--initial-lowpass", "inf"), "low-pass"), (("--max-iterations", "0"), "")],
+)
+def test_refine_bad_options(dataset, tmp_path, extra, needle):
+    before = snapshot(dataset)
+    out = tmp_path / "refined"
+    res = invoke(*refine_args(dataset, out), *extra)
+    expect_bad_input(res, before, dataset, out, needle)
 
 
 def test_reconstruct_needs_angles(dataset, tmp_path):

@@ -145,3 +145,19 @@ def test_solvent_flattened_references_follow_the_masked_resolution():
             assert np.all(reference[outside] == 0)
         else:
             assert np.any(reference[outside] != 0)
+
+
+def test_outputs_are_all_or_nothing(tmp_path):
+    """A refinement whose particles.star cannot be written (in-memory images have no file to name)
+    writes nothing at all, not the maps first."""
+    from refinekit.core import InputError
+    from refinekit.cryoem import RefineOptions, refine_particles, stack_from_simulation, write_refinement
+
+    density = bundled_map("emd_1832")
+    pixel = density.pixel_size * 40 / 24
+    sim = simulate_particles(resample_map(density.data.astype(float), 24), pixel, 40, 1.0, seed=3)
+    result = refine_particles(stack_from_simulation(sim), sim.volume, RefineOptions(max_iterations=1))
+    out = tmp_path / "refined"
+    with pytest.raises(InputError):
+        write_refinement(out, result, stack_from_simulation(sim))
+    assert not out.exists()

@@ -169,6 +169,8 @@ def test_bad_options_are_refused(emd1832_24):
     sim = simulate_particles(volume, pixel, 10, 1.0, seed=8)
     with pytest.raises(InputError, match="Nyquist"):
         refine_particles(stack_from_simulation(sim), sim.volume, RefineOptions(initial_lowpass=pixel))
+    with pytest.raises(InputError, match="global_candidates"):
+        refine_particles(stack_from_simulation(sim), sim.volume, RefineOptions(global_candidates=0))
     with pytest.raises(InputError, match="voxels across"):
         refine_particles(stack_from_simulation(sim), sim.volume[:20, :20, :20])
     with pytest.raises(InputError, match="device"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import typer
@@ -72,8 +73,14 @@ def simulate_command(
 
     if n < 1:
         raise InputError(f"-n must be at least 1, got {n}")
-    if not snr > 0:
-        raise InputError(f"--snr must be positive, got {snr}")
+    if not 0 < snr < math.inf:
+        raise InputError(f"--snr must be positive and finite, got {snr}")
+    if seed < 0:
+        raise InputError(f"--seed must not be negative, got {seed}")
+    if not 0 < voltage < math.inf:
+        raise InputError(f"--voltage must be positive and finite, got {voltage}")
+    if not math.isfinite(start_rotation):
+        raise InputError(f"--start-rotation must be a finite angle, got {start_rotation}")
     if box is not None and not 16 <= box <= 1024:
         raise InputError(f"--box must be between 16 and 1024 pixels, got {box}")
     if not 0 < defocus_min <= defocus_max:
@@ -172,6 +179,8 @@ def refine_command(
 
     if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
         raise InputError(f"--device must be cpu or cuda, got {device!r}")
+    if seed < 0:
+        raise InputError(f"--seed must not be negative, got {seed}")
     out = out if out is not None else Path(f"{particles.stem}_refined")
     check_outputs([], [particles, reference])
     stack = read_particles(particles)

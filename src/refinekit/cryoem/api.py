@@ -170,8 +170,14 @@ def write_refinement(
     for target in paths.values():
         if target.exists() and target.resolve() in input_paths:
             raise InputError(f"output {target} would overwrite an input")
-    out.mkdir(parents=True, exist_ok=True)
     state = result.x
+    # the STAR first: it is the one output that can still refuse (images it cannot name from out)
+    blocks = None
+    if state.poses is not None:
+        blocks = particles_star_blocks(
+            stack, out, rotations=state.poses.rotations, origins=state.poses.origins, subsets=result.subsets
+        )
+    out.mkdir(parents=True, exist_ok=True)
     pixel = result.pixel_size
     write_map(paths["map.mrc"], state.full_map, pixel)
     halves = state.raw_half_maps if state.raw_half_maps is not None else state.half_maps
@@ -179,10 +185,7 @@ def write_refinement(
     write_map(paths["half_map_2.mrc"], halves[1], pixel)
     mask = state.mask if state.mask is not None else np.ones_like(state.full_map)
     write_map(paths["mask.mrc"], mask, pixel)
-    if state.poses is not None:
-        blocks = particles_star_blocks(
-            stack, out, rotations=state.poses.rotations, origins=state.poses.origins, subsets=result.subsets
-        )
+    if blocks is not None:
         write_star(paths["particles.star"], blocks, "refinekit cryoem refine: refined poses")
     fsc = state.fsc
     if fsc is not None:

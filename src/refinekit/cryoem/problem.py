@@ -127,9 +127,9 @@ class RefineOptions:
         if self.max_iterations < 1:
             raise InputError(f"max_iterations must be at least 1, got {self.max_iterations}")
         nyquist = 2 * pixel_size
-        if not self.initial_lowpass > nyquist:
+        if not nyquist < self.initial_lowpass < math.inf:
             raise InputError(
-                f"the initial low-pass ({self.initial_lowpass:g} A) must be coarser than Nyquist "
+                f"the initial low-pass ({self.initial_lowpass:g} A) must be finite and coarser than Nyquist "
                 f"({nyquist:g} A)"
             )
         if self.diameter is not None and not 0 < self.diameter <= box * pixel_size * 1.5:
@@ -140,6 +140,8 @@ class RefineOptions:
             raise InputError(f"the global search HEALPix order must be 0..4, got {self.global_order}")
         if self.global_iterations < 1:
             raise InputError("at least one global search iteration is needed (no poses to start from)")
+        if self.global_candidates is not None and self.global_candidates < 1:
+            raise InputError(f"global_candidates must be at least 1, got {self.global_candidates}")
         if self.pad not in (1, 2, 3, 4):
             raise InputError(f"padding must be 1..4, got {self.pad}")
 
@@ -367,7 +369,7 @@ class ProjectionMatching(RefinementProblem):
             modes = None
             if is_global:
                 steps, shifts = global_levels
-                m = opts.global_candidates or AMBIGUOUS_CANDIDATES
+                m = min(opts.global_candidates or AMBIGUOUS_CANDIDATES, len(self.grid))
                 poses = global_search(
                     volume,
                     self.data,
