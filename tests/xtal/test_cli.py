@@ -11,6 +11,8 @@ import pytest
 from typer.testing import CliRunner
 
 from refinekit.cli import app
+from refinekit.xtal.io import read_reflections
+from refinekit.xtal.rfactors import checked_twin_law
 
 runner = CliRunner()
 
@@ -158,3 +160,72 @@ def test_a_free_set_made_here_is_written_to_the_output_mtz(bundled, tmp_path):
     flags = gemmi.read_mtz_file(str(out / "5wkd_refined.mtz")).column_with_label("FreeR_flag").array
     assert set(np.unique(flags).astype(int)) == set(range(20))          # CCP4 convention, 0 free
     assert abs(np.mean(flags == 0) - 0.05) < 0.03
+
+
+def _no_flags_mtz(bundled, tmp_path):
+    doc = gemmi.cif.read(str(bundled / "r5wkdsf.ent"))
+    mtz = gemmi.CifToMtz().convert_block_to_mtz(gemmi.as_refln_blocks(doc)[0])
+    mtz.remove_column(mtz.column_with_label("FreeR_flag").idx)
+    path = tmp_path / "noflags.mtz"
+    mtz.write_to_file(str(path))
+    return path
+
+
+def _refused_by_both_verbs(bundled, tmp_path, *options, data=None):
+    """The one error line of ``rfactors`` and of ``refine`` (which writes nothing) with ``options``."""
+    out = tmp_path / "out"
+    data = data or bundled / "r5wkdsf.ent"
+    lines = []
+    for verb in (["refine", "-o", str(out), "--weight", "2"], ["rfactors"]):
+        args = ["xtal", verb[0], str(bundled / "5wkd.pdb"), str(data), *options, *verb[1:]]
+        lines.append(_one_line_error(runner.invoke(app, args)))
+    assert not out.exists()
+    return lines
+
+
+@pytest.mark.parametrize("law", ["k,h,l", "h,k,l", "-h,k,-l"])
+def test_a_twin_law_the_lattice_does_not_have_is_refused(bundled, tmp_path, law):
+    # C2 has no twin laws at all (an IndexError traceback from the structure factors before)
+    for line in _refused_by_both_verbs(bundled, tmp_path, f"--twin={law}"):
+        assert f"{law} is not a twin law" in line and "none" in line, line
+
+
+def test_a_twin_law_of_another_lattice_is_refused_on_1l2h(xtal_data, tmp_path):
+    # P43 with a = b: -h,k,-l is its twin law; k,h,l (improper) and the identity are not
+    model, data = xtal_data / "1l2h" / "1l2h.cif.gz", xtal_data / "1l2h" / "1l2h.mtz.gz"
+    for law in ("k,h,l", "h,k,l"):
+        line = _one_line_error(runner.invoke(app, ["xtal", "rfactors", str(model), str(data), f"--twin={law}"]))
+        assert f"{law} is not a twin law" in line and "-h,k,-l" in line, line
+    reflections = read_reflections(data)
+    for law in ("-h,k,-l", "h,-k,-l", "-x,y,-z"):      # the law, however it is written, is accepted
+        checked_twin_law(law, reflections)
+
+
+def test_a_free_label_naming_a_data_column_is_refused(bundled, tmp_path):
+    for line in _refused_by_both_verbs(bundled, tmp_path, "--free-label", "FP"):
+        assert "column FP" in line and "type is F" in line and "free-flag" in line, line
+
+
+@pytest.mark.parametrize("weight", ["inf", "1e999", "nan", "0"])
+def test_a_weight_that_is_not_finite_and_positive_is_refused(bundled, tmp_path, weight):
+    out = tmp_path / "out"
+    line = _one_line_error(runner.invoke(app, ["xtal", "refine", str(bundled / "5wkd.pdb"),
+                                               str(bundled / "r5wkdsf.ent"), "-o", str(out), "--weight", weight]))
+    assert "--weight" in line and weight in line, line
+    assert not out.exists()
+
+
+def test_a_free_fraction_out_of_range_is_refused_by_the_cli_and_the_library(bundled, tmp_path):
+    from refinekit.core import InputError
+    from refinekit.xtal import prepare_refinement
+
+    data = _no_flags_mtz(bundled, tmp_path)
+    out = tmp_path / "out"
+    for fraction in ("0", "0.5", "-0.1"):
+        line = _one_line_error(runner.invoke(app, ["xtal", "refine", str(bundled / "5wkd.pdb"), str(data),
+                                                   "-o", str(out), "--free-fraction", fraction]))
+        assert "--free-fraction" in line, line
+    assert not out.exists()
+    for fraction in (0, 0.5, float("nan")):        # ZeroDivisionError for 0 before
+        with pytest.raises(InputError, match="free fraction"):
+            prepare_refinement(bundled / "5wkd.pdb", data, free_fraction=fraction)

@@ -85,3 +85,8 @@ def test_the_alarm_fires_on_1sar_and_the_deposited_model_is_kept(xtal_data):
     work = [r.work for r in result.history]
     assert free[-1] > free[0] + 0.01 and work[-1] < work[0]
     assert result.kept_cycle == result.best_cycle == int(np.argmin(free))
+
+
+def test_the_result_carries_the_best_model(bundled):
+    result = prepare_refinement(bundled / "5wkd.pdb", bundled / "r5wkdsf.ent").run(cycles=1, weight=2.0)
+    assert result.x_best is not None and np.shape(result.x_best) == np.shape(result.x)

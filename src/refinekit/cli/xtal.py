@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import typer
@@ -83,8 +84,8 @@ def refine_command(
             weight_value = float(weight)
         except ValueError:
             raise InputError(f"--weight must be auto or a positive number, got {weight!r}") from None
-        if not weight_value > 0:
-            raise InputError(f"--weight must be positive, got {weight}")
+        if not (math.isfinite(weight_value) and weight_value > 0):
+            raise InputError(f"--weight must be a finite positive number, got {weight}")
     out_dir = out if out is not None else Path(output_stem(model) + "_refined")
     # everything is read and checked before anything is written
     job = prepare_refinement(model, data, monlib=monlib, labels=_labels(labels), free_label=free_label,

@@ -273,7 +273,7 @@ class RefinementJob:
         out = XtalRefinementResult(
             x=result.x, status=result.status, message=result.message, n_cycles=result.n_cycles,
             history=result.history, best_cycle=result.best_cycle, kept_cycle=result.kept_cycle, alarms=alarms,
-            x_last=result.x_last,
+            x_last=result.x_last, x_best=result.x_best,
             figures=dict(result.figures), weight=weight, weight_choice=choice, target=self.target,
             free_set=free, data_info=info, twin=twin, counts=problem.model.count(), structure=structure,
             map_coefficients={"FWT": two, "DELFWT": diff, "FOM": fom, "FC": f_model})

@@ -21,6 +21,12 @@ from .reflections import ReflectionData, french_wilson, infer_free_convention
 _CALCULATED = re.compile(r"^(FC|FCALC|FC_ALL|FC_ALL_LS|FWT|DELFWT|2FOFCWT|FOFCWT|FMODEL|F-MODEL|FPART"
                          r"|FMASK|FOM|FCAL|FC_.*|F_CALC.*|PH.*|.*WT|.*_CALC)$", re.IGNORECASE)
 _FREE_LABEL = re.compile(r"free|test|rfree", re.IGNORECASE)
+#: MTZ column types that never hold free flags (those are integers, type I)
+_NOT_FREE_FLAGS = {"H": "Miller index", "F": "amplitude", "J": "intensity", "Q": "standard deviation",
+                   "P": "phase", "W": "weight", "D": "anomalous difference", "G": "F(+)/F(-) amplitude",
+                   "K": "I(+)/I(-) intensity", "L": "standard deviation of F(+)/F(-)",
+                   "M": "standard deviation of I(+)/I(-)", "E": "normalised amplitude",
+                   "A": "Hendrickson-Lattman coefficient", "B": "batch number", "Y": "M/ISYM"}
 
 #: where the bundled restraint dictionaries live (the subset the demo needs; LGPL-3, see NOTICE there)
 BUNDLED_MONOMERS = Path(__file__).resolve().parent.parent / "data" / "xtal" / "monomers"
@@ -211,6 +217,9 @@ def read_reflections(path: str | os.PathLike[str], *, labels: Sequence[str] | No
         info.update(free_label=free_col.label, free_value=free_value, free_convention=convention,
                     free_source="file")
     else:
+        if not 0 < free_fraction < 0.5:
+            raise InputError(f"the data have no free set and the free fraction of one made here must be "
+                             f"between 0 and 0.5, got {free_fraction}", path=path)
         n_folds = max(2, round(1.0 / free_fraction))
         all_flags = KFold(n_folds, seed=seed).flags(mtz.nreflections)
         flags = FreeFlags(all_flags.values[rows], 0)
@@ -307,6 +316,10 @@ def _find_free_column(mtz: gemmi.Mtz, label: str | None, path: Path) -> gemmi.Mt
     if label is not None:
         if label not in columns:
             raise InputError(f"no free-flag column {label} (columns: {', '.join(columns)})", path=path)
+        kind = columns[label].type
+        if kind in _NOT_FREE_FLAGS:
+            raise InputError(f"column {label} is not a free-flag column: its type is {kind} "
+                             f"({_NOT_FREE_FLAGS[kind]}); free flags are integers (type I)", path=path)
         return columns[label]
     integer = [c for c in mtz.columns if c.type == "I" and _FREE_LABEL.search(c.label)]
     if integer:

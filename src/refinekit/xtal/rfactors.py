@@ -100,7 +100,7 @@ def r_factors(model_path: str | os.PathLike[str], data_path: str | os.PathLike[s
     stands (its hydrogens, anisotropic B-factors and occupancies are used as they are).
 
     ``twin`` is ``"auto"`` (use the best candidate twin law if it lowers R_work by more than 0.02),
-    ``"none"``, or a law in hkl form such as ``"-h,k,-l"``.
+    ``"none"``, or a law in hkl form such as ``"-h,k,-l"`` (one the lattice does not have is an InputError).
 
     >>> import pathlib
     >>> data = pathlib.Path(__file__).parent.parent / "data" / "xtal"
@@ -154,7 +154,7 @@ def r_factors_of(st: gemmi.Structure, data: ReflectionData, *, twin: str = "auto
 
 def _twin_analysis(st: gemmi.Structure, data: ReflectionData, calc: StructureFactorCalculator,
                    masker: gemmi.SolventMasker, plain: Any, twin: str) -> dict[str, Any]:
-    laws = candidate_twin_laws(data) if twin == "auto" else [parse_twin_law(twin)]
+    laws = candidate_twin_laws(data) if twin == "auto" else [checked_twin_law(twin, data)]
     info: dict[str, Any] = {"candidates": []}
     best = None
     n = len(data)
@@ -192,6 +192,19 @@ def parse_twin_law(text: str) -> gemmi.Op:
         return gemmi.Op(text.strip())
     except (RuntimeError, ValueError):
         raise InputError(f"cannot read the twin law {text!r} (write it as e.g. -h,k,-l)") from None
+
+
+def checked_twin_law(text: str, data: ReflectionData) -> gemmi.Op:
+    """:func:`parse_twin_law`, refused (InputError) unless it is a twin law of the data's lattice: an
+    operation of the lattice's symmetry that is not one of the space group's (the identity is not a
+    twin law)."""
+    law = parse_twin_law(text)
+    if law.rot not in [op.rot for op in candidate_twin_laws(data, all_ops=True)]:
+        laws = ", ".join(op.as_hkl().triplet() for op in candidate_twin_laws(data))
+        raise InputError(f"{text.strip()} is not a twin law of the data's lattice (space group "
+                         f"{data.spacegroup.xhm()}): "
+                         + (f"its twin laws are {laws}" if laws else "it has none"))
+    return law
 
 
 def calc_b_min(st: gemmi.Structure) -> float:

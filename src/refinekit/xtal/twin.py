@@ -15,10 +15,12 @@ from .fmodel import Scale, fit_scale
 from .reflections import ReflectionData
 
 
-def candidate_twin_laws(data: ReflectionData, max_obliquity: float = 3.0) -> list[gemmi.Op]:
+def candidate_twin_laws(data: ReflectionData, max_obliquity: float = 3.0, *, all_ops: bool = False
+                        ) -> list[gemmi.Op]:
     """Twin laws the lattice allows beyond the space group's own symmetry (merohedral and, within
-    ``max_obliquity`` degrees, pseudo-merohedral)."""
-    return list(gemmi.find_twin_laws(data.cell, data.spacegroup, max_obliquity, False))
+    ``max_obliquity`` degrees, pseudo-merohedral): one per coset, or with ``all_ops`` every operation
+    of each coset (the same law written each way a law can be written)."""
+    return list(gemmi.find_twin_laws(data.cell, data.spacegroup, max_obliquity, all_ops))
 
 
 def twin_mates(data: ReflectionData, law: gemmi.Op) -> np.ndarray:
