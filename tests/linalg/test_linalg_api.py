@@ -339,3 +339,24 @@ def test_without_bounds_a_numerically_singular_matrix_is_still_no_success():
     assert not result.success and any(alarm.kind == "ill_conditioned" for alarm in result.alarms)
     easy = solve(with_condition(80, 1e3, seed=4), np.ones(80), error_bounds=False)
     assert easy.success and easy.forward_error_bound is None
+
+
+@pytest.mark.parametrize("method", ["auto", "ir", "double", "gmres-ir"])
+@pytest.mark.parametrize("sparse", [False, True])
+def test_right_hand_side_near_the_top_of_double_range_is_solved_exactly(method, sparse):
+    # its largest entry is >= 2**1023: the power of two normalising it must stay finite (2**-1000 at
+    # most), not become 2**-1024, which is 0 and turned every correction into NaN
+    a = sp.eye_array(3, format="csr") if sparse else np.eye(3)
+    result = solve(a, [1e308, 1.0, 1.0], method=method)
+    assert result.success, result.attempts
+    assert np.array_equal(result.x, [1e308, 1.0, 1.0])
+
+
+def test_power_of_two_scales_stay_finite_and_nonzero():
+    from refinekit.linalg.systems import power_of_two_scale, powers_of_two_for
+
+    largest = np.array([0.0, np.inf, np.nan, 5e-324, 1e-300, 0.75, 3.0, 1e300, 1e308, np.finfo(float).max])
+    scales = powers_of_two_for(largest)
+    assert np.all(np.isfinite(scales)) and np.all(scales > 0)
+    assert np.array_equal(scales, [power_of_two_scale(float(v)) for v in largest])
+    assert np.array_equal(scales[:3], [1.0, 1.0, 1.0]) and scales[5] == 1.0 and scales[6] == 0.25

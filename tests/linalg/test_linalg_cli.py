@@ -4,6 +4,7 @@ input (exit code 2, one line on stderr, no output file)."""
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -110,6 +111,8 @@ def _write(path: Path, text: str) -> Path:
     ("complex", ("complex",)),
     ("not_mm", ("Matrix Market",)),
     ("extension", ("unknown format",)),
+    ("scalar_a", ("got shape ()",)),
+    ("scalar_b", ("b has shape ()",)),
 ])
 def test_bad_input(tmp_path, case, words):
     good_a = tmp_path / "good_a.npy"
@@ -145,6 +148,10 @@ def test_bad_input(tmp_path, case, words):
         a = _write(tmp_path / "a.mtx", "1 2 3\n4 5 6\n")
     elif case == "extension":
         a = _write(tmp_path / "a.csv", "1,0\n0,1\n")
+    elif case == "scalar_a":
+        np.save(a := tmp_path / "a.npy", np.array(2.0))
+    elif case == "scalar_b":
+        np.save(b := tmp_path / "b.npy", np.array(1.0))
     out = tmp_path / "x.mtx"
     assert_one_line_error(invoke(a, b, "-o", out), *words)
     assert not out.exists()
@@ -164,3 +171,27 @@ def test_bad_option_is_bad_input(tmp_path):
     np.save(b := tmp_path / "b.npy", np.ones(2))
     assert_one_line_error(invoke(a, b, "-o", tmp_path / "x.npy", "--precision", "quad"), "precision")
     assert_one_line_error(invoke(a, b, "-o", tmp_path / "x.npy", "--precision", "tf32"), "tf32")
+
+
+def test_sparse_matrix_whose_row_sum_overflows_is_bad_input(tmp_path):
+    """Refused as the dense path refuses it: one line, no warning from scipy's sum, nothing written."""
+    a = _write(tmp_path / "a.mtx", "%%MatrixMarket matrix coordinate real general\n2 2 3\n"
+                                   "1 1 1e308\n1 2 1e308\n2 2 1.0\n")
+    np.save(b := tmp_path / "b.npy", np.ones(2))
+    out = tmp_path / "x.npy"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = invoke(a, b, "-o", out)
+    assert_one_line_error(res, "row's sum overflows")
+    assert not caught, [str(w.message) for w in caught]
+    assert not out.exists()
+
+
+def test_right_hand_side_near_the_top_of_double_range(tmp_path):
+    np.save(a := tmp_path / "a.npy", np.eye(3))
+    np.save(b := tmp_path / "b.npy", np.array([1e308, 1.0, 1.0]))
+    out = tmp_path / "x.npy"
+    res = invoke(a, b, "-o", out, "--json")
+    assert res.exit_code == 0, (res.stdout, res.stderr)
+    assert json.loads(res.stdout)["success"] is True
+    assert np.array_equal(np.load(out), [1e308, 1.0, 1.0])

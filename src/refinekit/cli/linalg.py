@@ -12,6 +12,11 @@ app = typer.Typer(help="Linear systems by mixed-precision iterative refinement."
                   rich_markup_mode=None)
 
 
+def _shape(shape: tuple[int, ...]) -> str:
+    """``3x4`` for a shape; ``()`` for a 0-d array, which ``'x'.join`` would leave blank."""
+    return "x".join(map(str, shape)) if shape else repr(shape)
+
+
 @app.command("solve", no_args_is_help=True)
 @handle_errors
 def solve_command(
@@ -47,9 +52,9 @@ def solve_command(
     a = read_array(matrix, what="matrix", sparse=not dense)
     b = read_array(rhs, what="right-hand side", sparse=False)
     if a.ndim != 2 or a.shape[0] != a.shape[1]:
-        raise InputError(f"A must be a square matrix, got shape {'x'.join(map(str, a.shape))}", path=matrix)
+        raise InputError(f"A must be a square matrix, got shape {_shape(a.shape)}", path=matrix)
     if b.ndim not in (1, 2) or b.shape[0] != a.shape[0]:
-        raise InputError(f"b has shape {'x'.join(map(str, b.shape))} but A is {a.shape[0]}x{a.shape[1]}: "
+        raise InputError(f"b has shape {_shape(b.shape)} but A is {a.shape[0]}x{a.shape[1]}: "
                          f"b needs {a.shape[0]} rows", path=rhs)
     result = solve(a, b, precision=precision, method=method, tol=tol, max_iter=max_iter,
                    callbacks=[ProgressBar("refining")])

@@ -394,8 +394,11 @@ def _solve_system(system: Any, precision: str, tol: float, max_iter: int | None,
         cap = max_iter if max_iter is not None else DEFAULT_MAX_ITER[route]
         problem = IterativeRefinementProblem(system, corrector, x0, converged_backward_error=eta_tol, r0=r0)
         tick = time.perf_counter()
-        run = refine(problem, max_cycles=cap, xtol=tol, stagnation=0.5, divergence=math.inf,
-                     restore_best=True, callbacks=callbacks)
+        # every model, residual and correction is checked for Inf and NaN, which stop the route: an
+        # overflow is judged there (a denominator |A||x| + |b| beyond double's range makes its ratio 0)
+        with np.errstate(over="ignore"):
+            run = refine(problem, max_cycles=cap, xtol=tol, stagnation=0.5, divergence=math.inf,
+                         restore_best=True, callbacks=callbacks)
         seconds = time.perf_counter() - tick
         ok, status, message = _judge(run, route, eta_tol, getattr(corrector, "stopped", None))
         inner = getattr(corrector, "total_inner_iterations", 0)

@@ -124,7 +124,12 @@ def _error_bounds(x: np.ndarray, r: np.ndarray, abs_a_abs_x: np.ndarray, b: np.n
     terms = np.full(n, n) if row_terms is None else np.asarray(row_terms)
     rounding = (terms + 1) * DOUBLE_EPS
     rounding = np.where(rounding < 1, rounding / (1 - rounding), np.inf)[:, None]
-    w = np.abs(r) + rounding * (abs_a_abs_x + np.abs(b))
+    magnitudes = abs_a_abs_x + np.abs(b)
+    if not np.all(np.isfinite(magnitudes)):  # beyond double's range (a b near it): term by term
+        w = np.abs(r) + np.where(np.isfinite(magnitudes), rounding * magnitudes,
+                                 rounding * abs_a_abs_x + rounding * np.abs(b))
+    else:
+        w = np.abs(r) + rounding * magnitudes
     abs_x = np.abs(x)
     x_norm = abs_x.max(axis=0) if n else np.zeros(k)
 
@@ -145,8 +150,9 @@ def _error_bounds(x: np.ndarray, r: np.ndarray, abs_a_abs_x: np.ndarray, b: np.n
 def componentwise_backward_errors(r: np.ndarray, abs_a_abs_x: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Oettli & Prager's componentwise backward error of each column: ``max_i |r_i| / (|A||x| + |b|)_i``
     (0/0 counts as 0), the smallest relative change to each entry of ``A`` and ``b`` making ``x`` exact."""
-    denominator = abs_a_abs_x + np.abs(b)
     abs_r = np.abs(r)
-    with np.errstate(divide="ignore", invalid="ignore"):
+    # a sum beyond double's range is Inf: the ratio is then 0 (or Inf/Inf, NaN: Inf below)
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+        denominator = abs_a_abs_x + np.abs(b)
         ratios = np.where(denominator > 0, abs_r / denominator, np.where(abs_r > 0, np.inf, 0.0))
     return ratios.max(axis=0) if ratios.size else np.zeros(r.shape[1])

@@ -28,18 +28,12 @@ import numpy as np
 from ..core import RefinementProblem, Scores, Status, StopRefinement
 from .gmres import fgmres
 from .precision import DOUBLE_EPS
-from .systems import DenseLU, DenseSystem, NumpyVectors, _rigal_gaches
+from .systems import DenseLU, DenseSystem, NumpyVectors, _rigal_gaches, power_of_two_scale
 
 # ufunc reductions called directly: ndarray.max and .all go through a Python-level wrapper each call,
 # which shows when a refinement cycle of a small system makes a dozen of them
 _largest = np.maximum.reduce
 _every = np.logical_and.reduce
-
-
-def _power_of_two_scale(largest: float) -> float:
-    if not (largest > 0 and math.isfinite(largest)):
-        return 1.0
-    return math.ldexp(1.0, -max(-1000, min(1000, math.frexp(largest)[1])))
 
 
 class LUCorrector:
@@ -183,7 +177,7 @@ class GmresCorrector:
                 raise StopRefinement(Status.STAGNATED, self.stopped)
             # GMRES is linear: a power of two bringing the column near 1 keeps its norms from
             # overflowing or underflowing, and is undone exactly
-            scale = _power_of_two_scale(self.system.column_norms(rs[:, j:j + 1])[0])
+            scale = power_of_two_scale(self.system.column_norms(rs[:, j:j + 1])[0])
             column = self.system.contiguous(rs[:, j] * scale)
             outcome = fgmres(self._scaled_matvec, self._precondition, column, tol=self._target(j, tol),
                              max_iter=min(left if tol is None else max(self.budget, BOUND_ITERATIONS), n),
@@ -223,7 +217,7 @@ class GmresCorrector:
             return preconditioner.solve(u[:, None], transposed=True)[:, 0]
 
         for j in range(k):
-            scale = _power_of_two_scale(system.column_norms(vs[:, j:j + 1])[0])
+            scale = power_of_two_scale(system.column_norms(vs[:, j:j + 1])[0])
             outcome = fgmres(matvec, precondition, system.contiguous(vs[:, j] * scale), tol=tol,
                              max_iter=min(max(self.budget, BOUND_ITERATIONS), n), new_basis=system.new_basis)
             if not outcome.converged:

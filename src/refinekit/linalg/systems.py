@@ -100,9 +100,16 @@ def choose_scaling(row_max: np.ndarray, col_max_of: Any, *, always: bool = False
 def powers_of_two_for(largest: np.ndarray) -> np.ndarray:
     """``2**-e`` with ``largest = f * 2**e``, ``0.5 <= f < 1`` (1 where ``largest`` is 0 or not finite):
     the exact scale factors that bring vectors of these largest magnitudes into [0.5, 1)."""
-    # frexp gives exponent 0 for 0, Inf and NaN; exponents reach -1073 (subnormals), whose inverse
-    # power of two would overflow, hence the floor
-    return np.ldexp(1.0, -np.maximum(np.frexp(largest)[1], -1000))
+    # frexp gives exponent 0 for 0, Inf and NaN; exponents reach -1073 (subnormals) and 1024 (the
+    # largest doubles), whose inverse powers of two would overflow or underflow to 0, hence the clip
+    return np.ldexp(1.0, -np.clip(np.frexp(largest)[1], -1000, 1000))
+
+
+def power_of_two_scale(largest: float) -> float:
+    """:func:`powers_of_two_for` of one number, in scalar arithmetic (fewer calls for one column)."""
+    if not (largest > 0 and math.isfinite(largest)):
+        return 1.0
+    return math.ldexp(1.0, -max(-1000, min(1000, math.frexp(largest)[1])))
 
 
 def column_scale(v: np.ndarray) -> np.ndarray:
@@ -554,8 +561,7 @@ class DenseSystem(NumpyVectors):
             r_norm = np.max(np.abs(r), axis=0) if r.shape[0] else np.zeros(r.shape[1])
         if r_norm.shape == (1,):
             # one right-hand side: the same power of two as powers_of_two_for, in scalar arithmetic
-            # (math.frexp, like np.frexp, gives exponent 0 for 0, Inf and NaN)
-            scale: Any = math.ldexp(1.0, -max(math.frexp(float(r_norm[0]))[1], -1000))
+            scale: Any = power_of_two_scale(float(r_norm[0]))
         else:
             scale = powers_of_two_for(r_norm)
         post = factors.multiplier / scale
@@ -598,7 +604,7 @@ class DenseSystem(NumpyVectors):
             return super().magnitudes(x)
         if x.shape[1] == 1 and x.shape[0]:  # one right-hand side: the same numbers in fewer calls
             abs_x = np.abs(x[:, 0])
-            scale = math.ldexp(1.0, -max(math.frexp(float(np.maximum.reduce(abs_x)))[1], -1000))
+            scale = power_of_two_scale(float(np.maximum.reduce(abs_x)))
             low_x = np.empty(x.shape[0], dtype=np.float32)
             np.multiply(abs_x, scale, out=low_x, casting="unsafe")  # in float64, then rounded
             product_ = _scipy_blas().sgemv(1.0, self.abs_low.T, low_x, trans=1)
@@ -669,7 +675,10 @@ class SparseSystem(NumpyVectors):
         zero_cols = np.flatnonzero(col_max == 0)
         if zero_cols.size:
             raise SingularMatrixError(f"the matrix A is singular: column {zero_cols[0]} is zero")
-        self.norm_inf = float(np.max(np.asarray(magnitudes.sum(axis=1)).ravel()))
+        with np.errstate(over="ignore"):  # a sum beyond double's range: Inf, refused below
+            self.norm_inf = float(np.max(np.asarray(magnitudes.sum(axis=1)).ravel()))
+        if not math.isfinite(self.norm_inf):
+            raise InputError("the matrix A has entries so large that a row's sum overflows")
 
         def col_max_after(row: np.ndarray | None) -> np.ndarray:
             if row is None:
