@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from .common import ProgressBar, check_outputs, emit, exit_code, handle_errors
+from .common import ProgressBar, check_output_folder, check_outputs, emit, exit_code, handle_errors
 
 app = typer.Typer(
     help="Single-particle cryo-EM: simulate particles, refine poses and map with gold-standard half maps.",
@@ -16,20 +16,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
-
-
-def _check_output_folder(out: Path, inputs: list[Path], names: tuple[str, ...]) -> None:
-    from ..core import InputError
-
-    if out.exists() and not out.is_dir():
-        raise InputError("the output folder exists and is not a folder", path=out)
-    parent = out.parent if str(out.parent) else Path(".")
-    if not out.exists() and not parent.is_dir():
-        raise InputError(f"the folder {parent} does not exist", path=out)
-    resolved = {p.resolve() for p in inputs if p.exists()}
-    for name in names:
-        if (out / name).exists() and (out / name).resolve() in resolved:
-            raise InputError(f"output {out / name} would overwrite an input")
 
 
 @app.command("simulate", no_args_is_help=True)
@@ -100,7 +86,7 @@ def simulate_command(
     if not start_lowpass > 2 * pixel_size:
         raise InputError(f"--start-lowpass must be coarser than Nyquist ({2 * pixel_size:g} A)")
     names = ("particles.mrcs", "particles.star", "truth.star", "truth.mrc", "initial_reference.mrc")
-    _check_output_folder(out, [map_path], names)
+    check_output_folder(out, [out / name for name in names], [map_path])
     volume = resample_map(density.data.astype(float), target_box)
     sim = simulate_particles(
         volume,
@@ -200,7 +186,7 @@ def refine_command(
             path=reference,
         )
     inputs = [particles, reference, *{p for p, _ in stack.image_names}]
-    _check_output_folder(out, inputs, OUTPUT_FILES)
+    check_output_folder(out, [out / name for name in OUTPUT_FILES], inputs)
     if stack.subsets is not None and len(set(stack.subsets.tolist())) == 1:
         raise InputError(
             f"every particle has rlnRandomSubset {int(stack.subsets[0])}: both halves need particles",
