@@ -38,6 +38,17 @@ def with_condition(n: int, kappa: float, seed: int = 0) -> np.ndarray:
     return (left * np.logspace(0, -np.log10(kappa), n)) @ right.T
 
 
+def few_small(n: int, kappa: float, seed: int = 0, count: int = 5) -> np.ndarray:
+    """``U diag(s) V^T`` with all singular values 1 but ``count`` spread geometrically from 1e-2 to
+    ``1/kappa``: a handful of near-null directions (benchmarks/linalg_solve.py's ``few-small``)."""
+    rng = np.random.default_rng(seed)
+    left, _ = np.linalg.qr(rng.standard_normal((n, n)))
+    right, _ = np.linalg.qr(rng.standard_normal((n, n)))
+    values = np.ones(n)
+    values[n - count:] = np.logspace(-2, -np.log10(kappa), count)
+    return (left * values) @ right.T
+
+
 def reference_solution(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """The solution of ``a x = b`` (for these very ``a`` and ``b``) to far beyond double's accuracy:
     refinement with the double LU and residuals in long double (64-bit significand on x86), which

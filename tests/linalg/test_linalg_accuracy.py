@@ -16,6 +16,7 @@ from refinekit.linalg import solve
 from .linalg_helpers import (
     REAL_MATRICES,
     U,
+    few_small,
     forward_errors,
     load_real,
     reference_solution,
@@ -174,17 +175,6 @@ def test_nearly_singular_matrix_is_not_a_success():
     assert not result.success
     assert result.forward_error_bound >= 1
     assert any(alarm.kind == "ill_conditioned" for alarm in result.alarms)
-
-
-def few_small(n: int, kappa: float, seed: int = 0, count: int = 5) -> np.ndarray:
-    """``U diag(s) V^T`` with all singular values 1 but ``count`` spread geometrically from 1e-2 to
-    ``1/kappa``: a handful of near-null directions (benchmarks/linalg_solve.py's ``few-small``)."""
-    rng = np.random.default_rng(seed)
-    left, _ = np.linalg.qr(rng.standard_normal((n, n)))
-    right, _ = np.linalg.qr(rng.standard_normal((n, n)))
-    values = np.ones(n)
-    values[n - count:] = np.logspace(-2, -np.log10(kappa), count)
-    return (left * values) @ right.T
 
 
 @pytest.mark.parametrize("kappa", [1e8, 1e10])

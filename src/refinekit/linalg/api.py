@@ -429,11 +429,7 @@ def _solve_system(system: Any, precision: str, tol: float, max_iter: int | None,
 
     r = final_problem.residual_of(x)
     eta_shape = (*getattr(system, "batch_shape", ()), system.k)
-    checked = final_problem._checked
-    if checked is not None and checked[0] is x and final_problem._etas is not None:
-        eta = final_problem._etas.reshape(eta_shape)  # x is the last model checked: its errors are known
-    else:
-        eta = system.backward_errors(x, r).reshape(eta_shape)
+    eta = final_problem.backward_errors_of(x, r).reshape(eta_shape)
     omega = normwise = componentwise = None
     trusted = True
     if error_bounds:
@@ -469,34 +465,36 @@ def _bounds(system: Any, x: Any, r: Any, corrector: Any) -> tuple[np.ndarray, np
         x_host, r_host, b_host = sys_i.to_numpy(x_i), sys_i.to_numpy(r_i), sys_i.to_numpy(sys_i.b)
         abs_product, row_terms = sys_i.abs_times_and_counts(np.abs(x_host))
         omegas.append(componentwise_backward_errors(r_host, abs_product, b_host))
-        if isinstance(cor_i, GmresCorrector):
-            # GMRES to 1e-3 is plenty for a norm estimate (which needs about one digit)
-            def solve_a(v: np.ndarray, c: Any = cor_i, s: Any = sys_i) -> np.ndarray:
-                return s.to_numpy(c.solve(s.from_numpy(v), tol=1e-3))
-        else:
-            def solve_a(v: np.ndarray, c: Any = cor_i, s: Any = sys_i) -> np.ndarray:
-                return s.to_numpy(c.solve(s.from_numpy(v)))
-
-        def solve_at(v: np.ndarray, c: Any = cor_i, s: Any = sys_i) -> np.ndarray:
-            return s.to_numpy(c.solve_transpose(s.from_numpy(v)))
-
+        host = (x_host, r_host, abs_product, b_host, row_terms)
+        # GMRES to 1e-3 is plenty for a norm estimate (which needs about one digit)
+        options = {"tol": 1e-3} if isinstance(cor_i, GmresCorrector) else {}
         # low-precision factors apply A^-1 only to within the contraction refinement showed (< 1/2)
         inflation = 1.0 if cor_i.route == "double" else 2.0
-        normwise, componentwise = compute_error_bounds(
-            x=x_host, r=r_host, abs_a_abs_x=abs_product, b=b_host, solve=solve_a, solve_transpose=solve_at,
-            row_terms=row_terms, inflation=inflation)
+        normwise, componentwise = _bounds_through(sys_i, cor_i, host, inflation, **options)
         if isinstance(cor_i, GmresCorrector) and not cor_i.bound_solves_converged:
             # a GMRES solve of the estimator stopped short of its tolerance: its A^-1 is not to be
             # trusted for a bound, a double factorization's is (rare, and then worth its cost)
             exact = LUCorrector(sys_i, sys_i.factor_double(), "double")
-            normwise, componentwise = compute_error_bounds(
-                x=x_host, r=r_host, abs_a_abs_x=abs_product, b=b_host,
-                solve=lambda v, c=exact, s=sys_i: s.to_numpy(c.solve(s.from_numpy(v))),
-                solve_transpose=lambda v, c=exact, s=sys_i: s.to_numpy(c.solve_transpose(s.from_numpy(v))),
-                row_terms=row_terms, inflation=1.0)
+            normwise, componentwise = _bounds_through(sys_i, exact, host, 1.0)
         normwises.append(normwise)
         componentwises.append(componentwise)
     return np.concatenate(omegas), np.concatenate(normwises), np.concatenate(componentwises)
+
+
+def _bounds_through(system: Any, corrector: Any, host: tuple, inflation: float, **options: Any
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """The two forward-error bounds with ``A^-1`` and ``A^-T`` applied by ``corrector`` (``options``: for
+    its solve); ``host``: ``x``, ``r``, ``|A||x|``, ``b`` and the rows' term counts, on the host."""
+    x, r, abs_a_abs_x, b, row_terms = host
+
+    def solve_a(v: np.ndarray) -> np.ndarray:
+        return system.to_numpy(corrector.solve(system.from_numpy(v), **options))
+
+    def solve_at(v: np.ndarray) -> np.ndarray:
+        return system.to_numpy(corrector.solve_transpose(system.from_numpy(v)))
+
+    return compute_error_bounds(x=x, r=r, abs_a_abs_x=abs_a_abs_x, b=b, solve=solve_a,
+                                solve_transpose=solve_at, row_terms=row_terms, inflation=inflation)
 
 
 def _largest_step(attempts: list[Attempt]) -> float:
@@ -591,13 +589,7 @@ def _result(x: Any, status: Status, message: str, attempts: list[Attempt], alarm
             vector: bool, device: str, trusted: bool = True) -> SolveResult:
     final = [a for a in attempts if a.path == path and a.history]
     history = final[-1].history if final else [CycleRecord(0, float(_largest(eta)), None, None, 0.0)]
-    best_cycle = 0  # np.argmin of the works, without an array: the first lowest, or the first NaN
-    for i, record in enumerate(history):
-        if record.work != record.work:
-            best_cycle = i
-            break
-        if record.work < history[best_cycle].work:
-            best_cycle = i
+    best_cycle = int(np.argmin([record.work for record in history]))  # the first lowest, or the first NaN
 
     def shaped(values: Any) -> Any:
         if values is None:

@@ -28,7 +28,7 @@ import numpy as np
 from ..core import RefinementProblem, Scores, Status, StopRefinement
 from .gmres import fgmres
 from .precision import DOUBLE_EPS
-from .systems import DenseLU, DenseSystem, NumpyVectors, _rigal_gaches, power_of_two_scale
+from .systems import DenseLU, DenseSystem, NumpyVectors, power_of_two_scale
 
 # ufunc reductions called directly: ndarray.max and .all go through a Python-level wrapper each call,
 # which shows when a refinement cycle of a small system makes a dozen of them
@@ -267,14 +267,12 @@ class IterativeRefinementProblem(RefinementProblem):
         # returns one of them, whose residual need not be computed again
         self._best: tuple[float, np.ndarray, np.ndarray] | None = None
         self._recent: list[tuple[Any, Any]] = []
-        # numpy vectors (dense and sparse systems): the norms, the backward errors and the componentwise
-        # ratio are computed inline, each |r| once (for small n the per-call overheads of the system's
-        # helpers show beside the BLAS); the numbers are the same as those of the helpers
+        # numpy vectors (dense and sparse systems): the norms and the componentwise ratio are computed
+        # inline, each |r| once (for small n the per-call overheads of the system's helpers show beside
+        # the BLAS); the numbers are the same as those of the helpers
         self._numpy = isinstance(system, NumpyVectors) and system.n > 0 and system.k > 0
-        # dense LU corrections go straight to the system's solve (the corrector's own path, fewer calls)
-        self._lu = self._numpy and isinstance(corrector, LUCorrector) and corrector._dense
-        #: the magnitudes and ``|A||x| + |b| + tiny``, the denominators of the componentwise ratio
-        self._denominators: tuple[Any, np.ndarray] | None = None
+        #: ``|A||x| + |b| + tiny``, the denominators of the componentwise ratio (numpy vectors)
+        self._denominators: np.ndarray | None = None
 
     def initial(self) -> np.ndarray:
         if self.x0 is not None:
@@ -291,23 +289,13 @@ class IterativeRefinementProblem(RefinementProblem):
             r = system.residual(x)
         self._residual = r
         abs_r = None
-        if self._numpy:
-            # system.column_norms and backward_errors_from_norms inlined: the same numbers
+        if self._numpy:  # system.column_norms inlined: the same numbers
             abs_r = np.abs(r)
             r_norm, x_norm = _largest(abs_r), _largest(np.abs(x))
-            denominator = system.norm_inf * x_norm
-            denominator += system.b_norm
-            eta = math.nan
-            if _every(denominator, axis=None):
-                etas = r_norm / denominator
-                eta = float(_largest(etas, axis=None))
-            if eta != eta:  # a zero denominator or a NaN: the general rule
-                etas = _rigal_gaches(r_norm, x_norm, system.norm_inf, system.b_norm)
-                eta = float(_largest(etas, axis=None))
         else:
             r_norm, x_norm = system.column_norms(r), system.column_norms(x)
-            etas = system.backward_errors_from_norms(r_norm, x_norm)
-            eta = float(etas.max()) if etas.size else 0.0
+        etas = system.backward_errors_from_norms(r_norm, x_norm)
+        eta = float(_largest(etas, axis=None)) if etas.size else 0.0
         self._checked = (x, x_norm, r_norm)
         self._etas = etas
         lowest = self._best[0] if self._best is not None else math.inf
@@ -330,13 +318,11 @@ class IterativeRefinementProblem(RefinementProblem):
             # every later check (taken as soon as x has settled to 3 digits, or is backward stable,
             # which GMRES-IR's first correction often makes it, however large that correction was)
             self._magnitudes = system.magnitudes(x)
+            if abs_r is not None:
+                self._denominators = self._magnitudes + np.finfo(np.float64).tiny
         if self._magnitudes is not None:
             if abs_r is not None:  # system.largest_ratio, with |r| and the denominators at hand
-                denominators = self._denominators
-                if denominators is None or denominators[0] is not self._magnitudes:
-                    denominators = self._denominators = (self._magnitudes,
-                                                         self._magnitudes + np.finfo(np.float64).tiny)
-                omega = float(_largest(np.divide(abs_r, denominators[1]), axis=None))
+                omega = float(_largest(np.divide(abs_r, self._denominators), axis=None))
             else:
                 omega = system.largest_ratio(r, self._magnitudes)
             figures["componentwise_backward_error"] = omega
@@ -357,6 +343,13 @@ class IterativeRefinementProblem(RefinementProblem):
                 return residual
         return self.system.residual(x)
 
+    def backward_errors_of(self, x: np.ndarray, r: np.ndarray | None = None) -> np.ndarray:
+        """The normwise backward errors of ``x`` (one per right-hand side), from the cache where ``x``
+        is the last model checked; ``r``: its residual, if at hand."""
+        if self._checked is not None and self._checked[0] is x and self._etas is not None:
+            return self._etas
+        return self.system.backward_errors(x, self.residual_of(x) if r is None else r)
+
     def correct(self, x: np.ndarray, scores: Scores) -> np.ndarray:
         if self._pending_stop is not None:
             raise StopRefinement(Status.CONVERGED, self._pending_stop)
@@ -364,15 +357,10 @@ class IterativeRefinementProblem(RefinementProblem):
             self.check(x)
         if self._wants_etas:
             self.corrector.backward_errors = self._etas
-        if self._lu:
-            d = self.system.solve_with(self.corrector.factors, self._residual, self._checked[2])
-            d_norm = _largest(np.abs(d))
-            finite = float(_largest(d_norm, axis=None)) < math.inf  # NaN compares false
-        else:
-            d = self.corrector.correct(self._residual, self._checked[2])
-            self._last_inner = getattr(self.corrector, "inner_iterations", 0)
-            d_norm = _largest(np.abs(d)) if self._numpy else self.system.column_norms(d)
-            finite = bool(np.isfinite(d_norm).all())
+        d = self.corrector.correct(self._residual, self._checked[2])
+        self._last_inner = getattr(self.corrector, "inner_iterations", 0)
+        d_norm = _largest(np.abs(d)) if self._numpy else self.system.column_norms(d)
+        finite = bool(np.isfinite(d_norm).all())
         self._corrected = (d, d_norm)
         if not finite:  # a max is NaN or Inf exactly where an entry is
             raise StopRefinement(Status.NON_FINITE, f"non-finite correction from the {self.corrector.route} "

@@ -199,7 +199,6 @@ class DenseLU:
         self.unit_roundoff = UNIT_ROUNDOFF[precision]
         self._getrs = lapack.sgetrs if lu.dtype == np.float32 else lapack.dgetrs
         self._buffer: np.ndarray | None = None
-        self._promoted: DenseLU | None = None
 
     def solve(self, v: np.ndarray, transposed: bool = False, prescaled: bool = False) -> np.ndarray:
         """``A_s^-1 v`` (``A_s^-T v`` if ``transposed``), computed in the factors' precision.
@@ -229,15 +228,14 @@ class DenseLU:
         return np.multiply(x, post, dtype=np.float64)
 
     def promoted(self) -> DenseLU:
-        """The same factors in float64 (a copy, made once): solves that apply them exactly, as GMRES-IR
-        needs of its preconditioner (Carson & Higham 2017). Applied in float32, a preconditioned vector
-        carries rounding errors relative to its largest component, which for an ill-conditioned ``A`` is
-        the near-null direction: the well-conditioned components drown and GMRES stalls."""
+        """The same factors in float64 (a fresh copy: GMRES-IR's corrector keeps the one it uses):
+        solves that apply them exactly, as GMRES-IR needs of its preconditioner (Carson & Higham 2017).
+        Applied in float32, a preconditioned vector carries rounding errors relative to its largest
+        component, which for an ill-conditioned ``A`` is the near-null direction: the well-conditioned
+        components drown and GMRES stalls."""
         if self.lu.dtype == np.float64:
             return self
-        if self._promoted is None:
-            self._promoted = DenseLU(self.lu.astype(np.float64), self.pivots, self.precision, self.multiplier)
-        return self._promoted
+        return DenseLU(self.lu.astype(np.float64), self.pivots, self.precision, self.multiplier)
 
     def cancellation(self, tail: int = 0, chunks: int | None = None, rows: int = 8
                      ) -> tuple[np.ndarray, np.ndarray]:
@@ -324,7 +322,7 @@ class NumpyVectors:
         return np.abs(v).max(axis=0) if v.shape[0] else np.zeros(v.shape[1])
 
     def backward_errors(self, x: np.ndarray, r: np.ndarray) -> np.ndarray:
-        """Normwise backward error of each column (see :func:`backward_errors`)."""
+        """Normwise backward error of each column (see :func:`_rigal_gaches`)."""
         return self.backward_errors_from_norms(self.column_norms(r), self.column_norms(x))
 
     def backward_errors_from_norms(self, r_norm: np.ndarray, x_norm: np.ndarray) -> np.ndarray:
@@ -602,15 +600,6 @@ class DenseSystem(NumpyVectors):
         which its relative error, below ``n 2**-24``, does not matter; and it reads half the bytes."""
         if self.abs_low is None:
             return super().magnitudes(x)
-        if x.shape[1] == 1 and x.shape[0]:  # one right-hand side: the same numbers in fewer calls
-            abs_x = np.abs(x[:, 0])
-            scale = power_of_two_scale(float(np.maximum.reduce(abs_x)))
-            low_x = np.empty(x.shape[0], dtype=np.float32)
-            np.multiply(abs_x, scale, out=low_x, casting="unsafe")  # in float64, then rounded
-            product_ = _scipy_blas().sgemv(1.0, self.abs_low.T, low_x, trans=1)
-            out = np.divide(product_, scale, dtype=np.float64)
-            out += np.abs(self.b[:, 0])
-            return out[:, None]
         abs_x = np.abs(x)
         scale = powers_of_two_for(abs_x.max(axis=0) if x.shape[0] else np.zeros(x.shape[1]))
         return product(self.abs_low, (abs_x * scale).astype(np.float32)) / scale + np.abs(self.b)
@@ -749,13 +738,10 @@ class SparseSystem(NumpyVectors):
         return self.abs_matrix() @ v, np.diff(self.a.indptr)
 
 
-def backward_errors(system: Any, x: np.ndarray, r: np.ndarray) -> np.ndarray:
-    """Normwise backward error of each column: ``||r||_inf / (||A||_inf ||x||_inf + ||b||_inf)``
-    (Rigal & Gaches): the smallest relative change to ``A`` and ``b`` that makes ``x`` exact."""
-    return _rigal_gaches(np.max(np.abs(r), axis=0), np.max(np.abs(x), axis=0), system.norm_inf, system.b_norm)
-
-
 def _rigal_gaches(r_norm: np.ndarray, x_norm: np.ndarray, norm_a: float, b_norm: np.ndarray) -> np.ndarray:
+    """Normwise backward error of each column: ``||r||_inf / (||A||_inf ||x||_inf + ||b||_inf)``
+    (Rigal & Gaches): the smallest relative change to ``A`` and ``b`` that makes ``x`` exact (from the
+    columns' norms ``r_norm`` and ``x_norm``; Inf where ``x`` or ``r`` has a NaN)."""
     denominator = norm_a * x_norm
     denominator += b_norm
     if denominator.all():  # the usual case, without the cost of errstate and where
