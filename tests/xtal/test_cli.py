@@ -145,11 +145,7 @@ def test_bad_options_are_refused(bundled, tmp_path):
 
 
 def test_a_free_set_made_here_is_written_to_the_output_mtz(bundled, tmp_path):
-    doc = gemmi.cif.read(str(bundled / "r5wkdsf.ent"))
-    mtz = gemmi.CifToMtz().convert_block_to_mtz(gemmi.as_refln_blocks(doc)[0])
-    mtz.remove_column(mtz.column_with_label("FreeR_flag").idx)
-    data = tmp_path / "noflags.mtz"
-    mtz.write_to_file(str(data))
+    data = _no_flags_mtz(bundled, tmp_path)
     out = tmp_path / "out"
     res = runner.invoke(app, ["xtal", "refine", str(bundled / "5wkd.pdb"), str(data), "-o", str(out),
                               "--cycles", "1", "--weight", "2", "--seed", "3", "--json"])
