@@ -94,3 +94,25 @@ def test_bad_torch_input():
     if not torch.cuda.is_available():
         with pytest.raises(InputError, match="no CUDA device"):
             solve(np.eye(2), np.ones(2), device="cuda")
+
+
+def test_backward_errors_agree_with_numpy_on_nan_and_zero_columns():
+    """NaN in x and r is an Inf backward error on both backends (never 0, which reads as converged);
+    a zero column of b solved by x = 0 is exact (0)."""
+    from refinekit.linalg.systems import DenseSystem
+    from refinekit.linalg.torch_backend import TorchSystem
+
+    rng = np.random.default_rng(8)
+    a = rng.standard_normal((6, 6)) + 6 * np.eye(6)
+    b = rng.standard_normal((6, 3))
+    b[:, 2] = 0.0
+    x = np.linalg.solve(a, b)
+    x[:, 0] = np.nan  # column 0: x and r both NaN
+    r = b - a @ x
+    numpy_system = DenseSystem(a, b, "single")
+    torch_system = TorchSystem(torch.as_tensor(a), torch.as_tensor(b), "single")
+    expected = numpy_system.backward_errors(x, r)
+    got = torch_system.backward_errors(torch.as_tensor(x), torch.as_tensor(r))
+    assert expected[0] == np.inf and got[0] == np.inf
+    assert expected[2] == 0.0 and got[2] == 0.0
+    np.testing.assert_allclose(got, expected, rtol=1e-6)  # ||A|| bounded in float32 by numpy

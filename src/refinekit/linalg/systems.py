@@ -322,11 +322,11 @@ class NumpyVectors:
         return np.abs(v).max(axis=0) if v.shape[0] else np.zeros(v.shape[1])
 
     def backward_errors(self, x: np.ndarray, r: np.ndarray) -> np.ndarray:
-        """Normwise backward error of each column (see :func:`_rigal_gaches`)."""
+        """Normwise backward error of each column (see :func:`rigal_gaches`)."""
         return self.backward_errors_from_norms(self.column_norms(r), self.column_norms(x))
 
     def backward_errors_from_norms(self, r_norm: np.ndarray, x_norm: np.ndarray) -> np.ndarray:
-        return _rigal_gaches(r_norm, x_norm, self.norm_inf, self.b_norm)
+        return rigal_gaches(r_norm, x_norm, self.norm_inf, self.b_norm)
 
     def magnitudes(self, x: np.ndarray) -> np.ndarray:
         """``|A||x| + |b|``: the scale of each residual component's rounding error."""
@@ -738,19 +738,21 @@ class SparseSystem(NumpyVectors):
         return self.abs_matrix() @ v, np.diff(self.a.indptr)
 
 
-def _rigal_gaches(r_norm: np.ndarray, x_norm: np.ndarray, norm_a: float, b_norm: np.ndarray) -> np.ndarray:
+def rigal_gaches(r_norm: np.ndarray, x_norm: np.ndarray, norm_a: Any, b_norm: np.ndarray) -> np.ndarray:
     """Normwise backward error of each column: ``||r||_inf / (||A||_inf ||x||_inf + ||b||_inf)``
     (Rigal & Gaches): the smallest relative change to ``A`` and ``b`` that makes ``x`` exact (from the
-    columns' norms ``r_norm`` and ``x_norm``; Inf where ``x`` or ``r`` has a NaN)."""
+    columns' norms ``r_norm`` and ``x_norm``; Inf where ``x`` or ``r`` has a NaN, 0 where ``x``, ``b``
+    and ``r`` are all zero). Shared by every backend, so that they agree on the corner cases."""
     denominator = norm_a * x_norm
     denominator += b_norm
     if denominator.all():  # the usual case, without the cost of errstate and where
         eta = r_norm / denominator
         top = eta.max() if eta.size else 0.0
         return eta if top == top else np.where(np.isnan(eta), np.inf, eta)  # a NaN makes the max NaN
+    # a zero denominator (x = 0 and b = 0): 0 for a zero residual, Inf otherwise (NaN included)
     with np.errstate(divide="ignore", invalid="ignore"):
-        eta = np.where(denominator > 0, r_norm / denominator, np.where(r_norm > 0, np.inf, 0.0))
-    return np.where(np.isnan(eta), np.inf, eta)
+        eta = np.where(denominator > 0, r_norm / denominator, np.where(r_norm == 0, 0.0, np.inf))
+    return np.where(np.isnan(eta) | np.isnan(denominator), np.inf, eta)
 
 
 def converged_backward_error(n: int, tol: float) -> float:

@@ -25,7 +25,7 @@ import numpy as np
 
 from ..core import InputError
 from .precision import UNIT_ROUNDOFF, resolve_precision
-from .systems import FactorizationFailed, Scaling, SingularMatrixError
+from .systems import FactorizationFailed, Scaling, SingularMatrixError, rigal_gaches
 
 #: Column block of the blocked LU: panels this wide are factored in float32.
 DEFAULT_BLOCK = 256
@@ -378,10 +378,7 @@ class TorchSystem:
     def backward_errors_from_norms(self, r_norm: np.ndarray, x_norm: np.ndarray) -> np.ndarray:
         norm_a = self.to_numpy(self.norm_inf)[..., None]
         norm_a = np.broadcast_to(norm_a, (*self.batch_shape, self.k)).ravel()
-        denominator = norm_a * x_norm + self.to_numpy(self.b_norm).ravel()
-        with np.errstate(divide="ignore", invalid="ignore"):
-            eta = np.where(denominator > 0, r_norm / denominator, np.where(r_norm > 0, np.inf, 0.0))
-        return np.where(np.isnan(eta), np.inf, eta)
+        return rigal_gaches(r_norm, x_norm, norm_a, self.to_numpy(self.b_norm).ravel())
 
     def magnitudes(self, x: Any) -> Any:
         return self.a.abs() @ x.abs() + self.b.abs()
