@@ -24,7 +24,9 @@ libraries in use are reported.
 refinement makes (refinekit's own preparation of A and float32 LU, the first solve, then per correction
 a residual and a solve, one float32 product for ``|A||x|`` and the last residual, as many corrections as
 refinekit made), in a bare Python loop without the engine or any test: what refinekit would cost if
-nothing but its arithmetic showed. Where refinekit left plain refinement, the column is empty.
+nothing but its arithmetic showed. Where refinekit left plain refinement, the column is empty. A second
+column, "sgetrf / dgesv", times the float32 LU alone (LAPACK sgetrf of a float32 copy made beforehand,
+which scipy copies once more): the floor of any solver that factors in float32 first.
 
 numpy and scipy each load their own OpenBLAS, whose threads spin for a while after each call: with more
 than one thread, the harness waits 0.25 s after each numpy.linalg.solve (untimed) so that numpy's
@@ -167,6 +169,10 @@ def worker(sizes: list[int], kappas: list[float], spectra: list[str], repeats: i
                 _, first = _refinekit_run(solve, a, b, False)
                 if first["path"] == "ir":
                     runs["BLAS floor"] = lambda a=a, b=b, c=first["iterations"]: _floor_run(a, b, c)
+                # the float32 LU alone, of a float32 copy made beforehand (A^T in Fortran order, as
+                # refinekit factors it): the part of every float32-first solver that no code can trim
+                low = np.asfortranarray(a.T, dtype=np.float32)
+                runs["sgetrf"] = lambda low=low: (None, lapack.sgetrf(low)[2])
             for run in runs.values():  # warm up (allocations, first-call costs)
                 run()
             times: dict[str, list[float]] = {name: [] for name in runs}
@@ -181,7 +187,8 @@ def worker(sizes: list[int], kappas: list[float], spectra: list[str], repeats: i
                         # numpy and scipy each load their own OpenBLAS; the threads of one spin for a
                         # while after each call and would slow the other's next call: let them sleep
                         time.sleep(0.25)
-                    errors[name] = float(np.max(np.abs(x[:, 0] - reference)) / np.max(np.abs(reference)))
+                    if x is not None:
+                        errors[name] = float(np.max(np.abs(x[:, 0] - reference)) / np.max(np.abs(reference)))
                     details[name] = info
             rows.append({"n": n, "kappa": kappa, "spectrum": spectrum,
                          "times": {k: float(np.median(v)) for k, v in times.items()},
@@ -253,14 +260,15 @@ def table(setting: dict) -> str:
              "| n | spectrum | kappa | dgesv s | numpy s | dsgesv s (iter) | refinekit s (path, corrections"
              "/GMRES its) | refinekit+bounds s | refinekit / dgesv | +bounds / dgesv | dsgesv / dgesv | "
              "fwd err dgesv | fwd err numpy | fwd err dsgesv | fwd err refinekit | bound |"
-             + (" BLAS floor / dgesv |" if floor else ""),
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if floor else "")]
+             + (" BLAS floor / dgesv | sgetrf / dgesv |" if floor else ""),
+             "|---" * 16 + "|" + ("---|---|" if floor else "")]
     for row in setting["rows"]:
         t, e, d = row["times"], row["errors"], row["details"]
         inner = d["refinekit"].get("inner", 0)
         floor_cell = ""
         if floor:
             floor_cell = f" {t['BLAS floor'] / t['dgesv']:.2f} |" if "BLAS floor" in t else " |"
+            floor_cell += f" {t['sgetrf'] / t['dgesv']:.2f} |"
         lines.append(
             f"| {row['n']} | {row.get('spectrum', 'geometric')} | {row['kappa']:.0e} | {t['dgesv']:.4f} | "
             f"{t['numpy.linalg.solve']:.4f} | "

@@ -104,6 +104,11 @@ def test_refinement_reaches_the_true_pose_resolution(small_simulation):
     # every iteration is recorded with its figures
     for record in result.history[1:]:
         assert {"resolution_a", "median_angle_change_deg", "mean_score"} <= set(record.figures)
+    # ... and summarised in result.states (FSC, resolution), without a copy of every iteration's maps
+    assert [s.iteration for s in result.states] == list(range(len(result.history)))
+    for summary, record in zip(result.states[1:], result.history[1:], strict=True):
+        assert summary.fsc is not None and summary.resolution == record.figures["resolution_a"]
+        assert not any(isinstance(value, np.ndarray) for value in vars(summary).values())
 
 
 def test_halves_are_refined_independently(emd1832_24):

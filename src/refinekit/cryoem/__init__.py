@@ -33,7 +33,7 @@ from .geometry import (
     random_rotations,
 )
 from .io import DensityMap, ParticleStack, read_map, read_particles, write_map
-from .problem import ProjectionMatching, RefinementState, RefineOptions
+from .problem import IterationSummary, ProjectionMatching, RefinementState, RefineOptions
 from .simulate import (
     SimulatedParticles,
     resample_map,
@@ -47,6 +47,7 @@ __all__ = [
     "CryoEMResult",
     "DensityMap",
     "FSCReport",
+    "IterationSummary",
     "ParticleStack",
     "PoseComparison",
     "ProjectionMatching",

@@ -17,7 +17,7 @@ from ..core.result import jsonable
 from .backend import Backend, get_backend
 from .fsc import FSCReport, fourier_shell_correlation, gold_standard_fsc
 from .io import ParticleStack, particles_star_blocks, write_map, write_star
-from .problem import ProjectionMatching, RefinementState, RefineOptions
+from .problem import IterationSummary, ProjectionMatching, RefinementState, RefineOptions
 from .reconstruct import backproject_particles, reconstruct_halves, reconstruct_single
 from .search import ParticleTransforms
 
@@ -37,12 +37,13 @@ OUTPUT_FILES = (
 class CryoEMResult(RefinementResult):
     """A :class:`~refinekit.core.RefinementResult` whose model ``x`` is the kept
     :class:`~refinekit.cryoem.problem.RefinementState` (poses, half maps, FSC), plus the particle
-    halves and the pixel size."""
+    halves, the pixel size and ``states``: one :class:`~refinekit.cryoem.problem.IterationSummary` per
+    iteration (its FSC, resolution and figures; the maps and poses of the kept state only are in ``x``)."""
 
     subsets: np.ndarray | None = None
     subset_source: str = ""
     pixel_size: float = 1.0
-    states: list[RefinementState] = field(default_factory=list)
+    states: list[IterationSummary] = field(default_factory=list)
 
     @property
     def state(self) -> RefinementState:

@@ -168,6 +168,25 @@ class RefinementState:
     raw_half_maps: tuple[np.ndarray, np.ndarray] | None = None
 
 
+@dataclass(frozen=True)
+class IterationSummary:
+    """An iteration as the stop rule, the search schedule and the plots need it: its FSC, resolution
+    and figures, without maps or poses, so that a long refinement of a large box holds the arrays of
+    two states (the current one and the engine's best), not those of every iteration."""
+
+    iteration: int
+    posed: bool
+    crossing: float
+    resolution: float
+    fsc: FSCReport | None
+    figures: dict[str, float]
+
+    @classmethod
+    def of(cls, state: RefinementState) -> IterationSummary:
+        return cls(state.iteration, state.poses is not None, state.crossing, state.resolution, state.fsc,
+                   state.figures)
+
+
 class ProjectionMatching(RefinementProblem):
     """The refinement problem: ``initial`` is the starting reference, ``correct`` one iteration."""
 
@@ -211,7 +230,7 @@ class ProjectionMatching(RefinementProblem):
         self.max_shift = opts.max_shift if opts.max_shift is not None else max(2.0, 0.1 * self.box)
         self.sphere = spherical_mask(self.box, self.radius_px, edge=max(2.0, 0.05 * self.box))
         self.n_shells = self.box // 2 + 1
-        self.history: list[RefinementState] = []
+        self.history: list[IterationSummary] = []
 
     # --------------------------------------------------------------------------- protocol
     def initial(self) -> RefinementState:
@@ -232,7 +251,7 @@ class ProjectionMatching(RefinementProblem):
                 "fsc_crossing_shell": crossing,
             },
         )
-        self.history = [state]
+        self.history = [IterationSummary.of(state)]
         return state
 
     def check(self, model: RefinementState) -> Scores:
@@ -241,7 +260,7 @@ class ProjectionMatching(RefinementProblem):
     def correct(self, model: RefinementState, scores: Scores) -> RefinementState:
         self._stop_if_converged(model)
         new = self.iterate(model)
-        self.history.append(new)
+        self.history.append(IterationSummary.of(new))
         return new
 
     def apply(self, model: RefinementState, step: RefinementState) -> RefinementState:
@@ -260,7 +279,7 @@ class ProjectionMatching(RefinementProblem):
     def _stop_if_converged(self, state: RefinementState) -> None:
         opts = self.options
         local_done = sum(
-            1 for st in self.history if st.poses is not None and not st.figures.get("global_search")
+            1 for st in self.history if st.posed and not st.figures.get("global_search")
         )
         if state.poses is None or local_done < opts.min_local_iterations:
             return
@@ -481,8 +500,8 @@ class ProjectionMatching(RefinementProblem):
             figures["median_angle_change_deg"] = 180.0
             figures["median_shift_change_px"] = float(self.max_shift)
         best_before = (
-            max(s.crossing for s in self.history if s.poses is not None)
-            if any(s.poses is not None for s in self.history)
+            max(s.crossing for s in self.history if s.posed)
+            if any(s.posed for s in self.history)
             else 0.0
         )
         self._say(
@@ -511,7 +530,7 @@ class ProjectionMatching(RefinementProblem):
         """Whether the last global iteration still improved the references: the resolution by
         ``LEARNING_SHELLS`` or the particles' median best z-score by ``LEARNING_Z`` (relative)."""
         before = [st for st in self.history if st.iteration < state.iteration]
-        if not before or before[-1].poses is None:
+        if not before or not before[-1].posed:
             return True
         previous = before[-1]
         z_now = state.figures.get("median_best_z", float("nan"))
