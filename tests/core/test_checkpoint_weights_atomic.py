@@ -176,3 +176,17 @@ def test_choose_weight_without_golden_steps_runs_only_the_grid():
 
     choice = choose_weight(Flat, bounds=(1e-2, 1e2), n_grid=5, n_golden=0, max_cycles=1)
     assert len(calls) == 5 and len(choice.trials) == 5
+
+
+def test_the_checkpoint_left_by_a_fit_with_restarts_is_the_returned_runs(tmp_path):
+    """Every run of ``a*b*x`` ends on a ridge (a and b are not determined apart), so the fit restarts
+    twice and keeps the first run; the checkpoint left at the caller's path is that run's (resuming it
+    gives the returned x), and the restarts leave no files of their own."""
+    x = np.linspace(0.5, 3.0, 20)
+    y = 2.0 * x + np.random.default_rng(3).normal(0, 0.01, x.size)
+    path = tmp_path / "fit.ckpt"
+    result = fit("a*b*x", {"a": 0.5, "b": 0.7}, {"x": x}, y, free_fraction=0, checkpoint=path)
+    assert result.figures["restarts"] == 2 and "restart" not in result.message
+    assert sorted(tmp_path.iterdir()) == [path]
+    resumed = fit("a*b*x", {"a": 0.5, "b": 0.7}, {"x": x}, y, free_fraction=0, resume_from=path)
+    assert np.array_equal(resumed.x, result.x)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import inspect
 import math
+import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -163,6 +165,7 @@ def fit(
               np.array([params[names[i]].prior.sigma for i in prior_idx])) if prior_idx else None
     lower, upper = params.bounds()
     resume_from = refine_options.pop("resume_from", None)
+    checkpoint = refine_options.pop("checkpoint", None)
 
     def make_problem(damping: float, weight: float) -> CurveFitProblem:
         return CurveFitProblem(
@@ -181,21 +184,24 @@ def fit(
     elif isinstance(prior_weight, str) or not prior_weight >= 0:
         raise InputError(f"prior_weight must be a non-negative number or 'auto', got {prior_weight!r}")
 
-    def run(damping: float) -> tuple[RefinementResult, CurveFitProblem]:
-        problem = make_problem(damping, float(prior_weight))
+    def run(attempt: int) -> tuple[RefinementResult, CurveFitProblem]:
+        problem = make_problem(initial_damping * 1e3**attempt, float(prior_weight))
         if not math.isfinite(problem.check(problem.x0).work):
             raise InputError("the model is not finite at the starting values: choose other starting values")
-        refiner = Refiner(problem, max_cycles=max_cycles, xtol=xtol, **refine_options)
+        refiner = Refiner(problem, max_cycles=max_cycles, xtol=xtol,
+                          checkpoint=_attempt_checkpoint(checkpoint, attempt), **refine_options)
         return refiner.run(resume_from=resume_from), problem
 
     runs = []
     for attempt in range(max(0, restarts) + 1):
-        result, problem = run(initial_damping * 1e3**attempt)
+        result, problem = run(attempt)
         determined = result.usable and not problem.is_degenerate(result.x)
         runs.append((not determined, not result.usable, result.kept.work, attempt, result, problem))
         if determined or resume_from is not None:
             break
     *_, attempt, result, problem = min(runs, key=lambda r: r[:4])
+    if checkpoint is not None:
+        _keep_checkpoint_of(checkpoint, attempt, len(runs))
     if attempt > 0:
         result.message += (f" (restart {attempt}: the first run stopped where a parameter was not "
                            f"determined; restarted with initial damping {initial_damping * 1e3**attempt:g})")
@@ -212,6 +218,29 @@ def fit(
         params=fitted, covar=covar, free_flags=free_flags, ndata=n,
         nfree=int(free.sum()) if free is not None else 0, nvarys=len(names), model=text,
     )
+
+
+def _attempt_checkpoint(checkpoint: Any, attempt: int) -> Path | None:
+    """Where restart ``attempt`` writes its checkpoint: the caller's path for the first run, a sibling
+    for each restart (the first run's state must survive a restart that turns out worse)."""
+    if checkpoint is None:
+        return None
+    path = Path(checkpoint)
+    return path if attempt == 0 else path.with_name(f"{path.name}.restart{attempt}")
+
+
+def _keep_checkpoint_of(checkpoint: Any, chosen: int, attempts: int) -> None:
+    """Leave at the caller's path the checkpoint of the run whose result is returned (so that resuming
+    from it continues that run), and remove the restarts' own files."""
+    path = Path(checkpoint)
+    for attempt in range(1, attempts):
+        own = _attempt_checkpoint(path, attempt)
+        if attempt != chosen:
+            own.unlink(missing_ok=True)
+        elif own.exists():
+            os.replace(own, path)  # same folder: atomic
+        else:  # the chosen restart wrote none: no checkpoint rather than another run's
+            path.unlink(missing_ok=True)
 
 
 def _as_parameters(values: Mapping[str, float]) -> Parameters:
