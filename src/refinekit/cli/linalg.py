@@ -56,8 +56,13 @@ def solve_command(
     if b.ndim not in (1, 2) or b.shape[0] != a.shape[0]:
         raise InputError(f"b has shape {_shape(b.shape)} but A is {a.shape[0]}x{a.shape[1]}: "
                          f"b needs {a.shape[0]} rows", path=rhs)
-    result = solve(a, b, precision=precision, method=method, tol=tol, max_iter=max_iter,
-                   callbacks=[ProgressBar("refining")])
+    try:
+        result = solve(a, b, precision=precision, method=method, tol=tol, max_iter=max_iter,
+                       callbacks=[ProgressBar("refining")])
+    except InputError as exc:
+        if exc.path is None and str(exc).startswith("the matrix A"):  # singular, overflowing: name the file
+            raise InputError(str(exc), path=matrix) from None
+        raise
     if not result.trusted and result.status.success:
         raise InputError(f"A is singular to working precision: {result.alarms[-1].message}", path=matrix)
     payload = result.to_dict()

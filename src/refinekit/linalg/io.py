@@ -75,7 +75,7 @@ def _read_matrix_market(data: bytes, path: Path, what: str, sparse: bool) -> Any
     if header[3] == "pattern":
         raise InputError(f"a pattern {what} has no values", path=path)
     if header[3] == "complex":
-        raise InputError(f"complex {what}s are not supported", path=path)
+        raise InputError(f"complex {_plural(what)} are not supported", path=path)
     try:
         value = scipy.io.mmread(io.BytesIO(data))
     except Exception as exc:  # scipy raises ValueError, IndexError, RuntimeError... on a malformed file
@@ -89,9 +89,13 @@ def _read_matrix_market(data: bytes, path: Path, what: str, sparse: bool) -> Any
     return _check_dtype(np.asarray(value), path, what)
 
 
+def _plural(what: str) -> str:
+    return "matrices" if what == "matrix" else f"{what}s"
+
+
 def _check_dtype(array: np.ndarray, path: Path, what: str) -> np.ndarray:
     if array.dtype.kind == "c":
-        raise InputError(f"complex {what}s are not supported", path=path)
+        raise InputError(f"complex {_plural(what)} are not supported", path=path)
     if array.dtype == object or array.dtype.kind not in "biuf":
         raise InputError(f"a {what} must hold numbers, this one holds {array.dtype}", path=path)
     if array.size and not np.all(np.isfinite(array)):
