@@ -360,3 +360,19 @@ def test_power_of_two_scales_stay_finite_and_nonzero():
     assert np.all(np.isfinite(scales)) and np.all(scales > 0)
     assert np.array_equal(scales, [power_of_two_scale(float(v)) for v in largest])
     assert np.array_equal(scales[:3], [1.0, 1.0, 1.0]) and scales[5] == 1.0 and scales[6] == 0.25
+
+
+@pytest.mark.parametrize("device", ["cpu", "torch-cpu"])
+def test_matrices_at_the_edges_of_the_double_range_are_equilibrated_without_overflow(device):
+    """Rows of subnormal magnitude need a scale factor beyond 2**1023: it is clipped there (it was Inf,
+    with an overflow warning, and the solve reported a non-finite solution). Subnormal arithmetic
+    limits the residual to ~1e-14 relative, so x is that accurate and the run says it did not reach
+    double precision; at 1e-300 (normal numbers) and 1e300 it converges."""
+    if device == "torch-cpu":
+        pytest.importorskip("torch")
+    a = with_condition(40, 10.0, seed=2)
+    x = np.random.default_rng(2).standard_normal(40)
+    for scale, tolerance in ((1e-310, 1e-12), (1e-300, 1e-14), (1e300, 1e-14)):
+        result = solve(a * scale, (a @ x) * scale, device=device)
+        assert np.max(np.abs(result.x - x)) <= tolerance * np.max(np.abs(x)), (scale, result.message)
+        assert result.success == (scale != 1e-310), (scale, result.message)

@@ -47,9 +47,15 @@ class FactorizationFailed(Exception):
     """A low-precision factorization broke down (zero pivot, overflow): the caller falls back."""
 
 
-def _power_of_two(values: np.ndarray) -> np.ndarray:
-    """``2**round(log2(values))`` for positive finite values."""
-    return np.exp2(np.round(np.log2(values)))
+#: the exponents of the equilibration's scale factors: 2**1022 is the largest power of two whose
+#: inverse is still a (subnormal, exact) double, so rows of subnormal magnitude scale without overflow
+SCALE_EXPONENTS = (-1022, 1022)
+
+
+def _inverse_power_of_two(values: np.ndarray) -> np.ndarray:
+    """``2**-round(log2(values))`` for positive finite values, the exponent kept in
+    :data:`SCALE_EXPONENTS` (a row of subnormal numbers would otherwise need 2**1028, which overflows)."""
+    return np.exp2(-np.clip(np.round(np.log2(values)), *SCALE_EXPONENTS))
 
 
 @dataclass
@@ -88,12 +94,12 @@ def choose_scaling(row_max: np.ndarray, col_max_of: Any, *, always: bool = False
     out_of_range = not (1.0 / RANGE_LIMIT <= amax <= RANGE_LIMIT)
     row = None
     if always or out_of_range or amin < SCALING_THRESHOLD * amax:
-        row = 1.0 / _power_of_two(row_max)
+        row = _inverse_power_of_two(row_max)
     col_max = col_max_of(row)
     cmax, cmin = float(col_max.max()), float(col_max.min())
     col = None
     if cmin < SCALING_THRESHOLD * cmax or (row is None and not (1.0 / RANGE_LIMIT <= cmax <= RANGE_LIMIT)):
-        col = 1.0 / _power_of_two(col_max)
+        col = _inverse_power_of_two(col_max)
     return Scaling(row, col)
 
 

@@ -25,7 +25,7 @@ import numpy as np
 
 from ..core import InputError
 from .precision import UNIT_ROUNDOFF, resolve_precision
-from .systems import FactorizationFailed, Scaling, SingularMatrixError, rigal_gaches
+from .systems import SCALE_EXPONENTS, FactorizationFailed, Scaling, SingularMatrixError, rigal_gaches
 
 #: Column block of the blocked LU: panels this wide are factored in float32.
 DEFAULT_BLOCK = 256
@@ -296,11 +296,11 @@ class TorchSystem:
         row_max = magnitudes.amax(-1)
         if bool((row_max == 0).any()):
             raise SingularMatrixError("the matrix A is singular: a row is zero")
-        row = torch.exp2(-torch.round(torch.log2(row_max)))
+        row = torch.exp2(-torch.clamp(torch.round(torch.log2(row_max)), *SCALE_EXPONENTS))
         col_max = (magnitudes * row[..., :, None]).amax(-2)
         if bool((col_max == 0).any()):
             raise SingularMatrixError("the matrix A is singular: a column is zero")
-        col = torch.exp2(-torch.round(torch.log2(col_max)))
+        col = torch.exp2(-torch.clamp(torch.round(torch.log2(col_max)), *SCALE_EXPONENTS))
         del magnitudes
         self.scaling = Scaling(row, col)
         self.norm_inf = row_sum.amax(-1)
