@@ -60,8 +60,8 @@ class SolveResult(RefinementResult):
     """The solution of ``A x = b`` and how far it can be trusted.
 
     ``x`` has the shape ``numpy.linalg.solve`` gives (float64). ``success`` is true where ``x`` is
-    finite, reached a normwise backward error of at most ``max(sqrt(n) u, tol)`` (``u = 2**-53``) along
-    a route that had stopped improving it, and (where bounds were computed) its normwise forward-error
+    finite, reached a normwise backward error of at most ``max((sqrt(n) + 2) u, tol)`` (``u = 2**-53``)
+    along a route that had stopped improving it, and (where bounds were computed) its normwise forward-error
     bound is below 1. ``path`` names the route that produced ``x``: ``"ir"`` (low-precision LU and
     refinement), ``"gmres-ir"`` or ``"double"``; ``attempts`` lists every route tried, each with its
     per-cycle history. Per right-hand side (arrays of shape ``b.shape[1:]``, or floats for a vector
