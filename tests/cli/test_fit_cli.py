@@ -99,6 +99,16 @@ GOOD = "x,y\n" + "".join(f"{x},{2 * math.exp(-0.5 * x) + 0.01 * math.sin(7 * x):
         (GOOD, ["-m", "a*exp(-k*x)", "-p", "a=1", "-p", "k=1", "--plot", "nodir/out.png"], "does not exist"),
         (GOOD, ["-m", "a*exp(k*x)", "-p", "a=1", "-p", "k=1e4"], "not finite at the starting values"),
         (GOOD, ["-m", "a*exp(-k*x)", "-p", "a=1", "-p", "x=1"], "not in the model: x|data column"),
+        ("x,y\n1,1_000\n2,3\n3,4\n", [], "not a number: '1_000'"),
+        (GOOD, ["--sigma", "y"], "--sigma and --y name the same column"),
+        ("x,y,s\n1,2,0.1\n2,3,0\n3,4,0.1\n", ["--sigma", "s"], "data.csv: sigma column 's'"),
+        (GOOD, ["--seed", "-1"], "--seed must be >= 0"),
+        (GOOD, ["-m", "a*exp(-k*x)", "-p", "a=1", "-p", "k=1,prior=1:0.1", "--prior-weight", "inf"],
+         "--prior-weight must be a finite number"),
+        (GOOD.replace("x,y", "e,y"), ["-m", "a*exp(-k*e)", "-p", "a=1", "-p", "k=1"],
+         "data.csv: data column(s) e share a name with a constant"),
+        (GOOD, ["-m", "a*exp(-k*x)", "-p", "a=1", "-p", "k=1", "--free-flags", "f.png", "--plot", "f.png"],
+         "--plot and --free-flags name the same file"),
     ],
 )
 def test_bad_input_one_line_exit_2_nothing_written(tmp_path, monkeypatch, content, args, message):
@@ -131,6 +141,24 @@ def test_mismatched_free_flags_are_refused(tmp_path):
     HoldOut(0.2).flags(30).save(flags)
     res = invoke("fit", data, "-m", "a*exp(-k*x)", "-p", "a=1", "-p", "k=1", "--free-flags", flags)
     assert res.exit_code == 2 and "free flags are for 30 observations but the data have 12" in res.stderr
+
+
+@pytest.mark.parametrize("body", ["n=12 free_value=0 junk\n" + "1\n" * 12,
+                                  "n=12 free_value=0\n" + "1\n" * 11 + "9" * 30 + "\n"])
+def test_corrupt_free_flags_are_refused(tmp_path, body):
+    data = write(tmp_path, "data.csv", GOOD)
+    flags = write(tmp_path, "flags.txt", "# refinekit free flags: " + body)
+    res = invoke("fit", data, "-m", "a*exp(-k*x)", "-p", "a=1", "-p", "k=1", "--free-flags", flags)
+    assert res.exit_code == 2 and res.stderr.strip() == f"refinekit: error: {flags}: corrupt free-flag file"
+
+
+@pytest.mark.filterwarnings("error::RuntimeWarning")
+def test_an_overflow_at_the_start_is_the_one_line_error_and_no_warning(tmp_path):
+    """exp(60*x) overflows when its residuals are squared: numpy's warnings must not reach stderr
+    beside the error (here they would fail the test)."""
+    data = write(tmp_path, "data.csv", GOOD)
+    res = invoke("fit", data, "-m", "a*exp(-k*x)", "-p", "a=1", "-p", "k=-60")
+    assert res.exit_code == 2 and "not finite at the starting values" in res.stderr
 
 
 def test_version_and_usage_errors():

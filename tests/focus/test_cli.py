@@ -108,6 +108,20 @@ def _bad(case: str, folder: Path, tmp_path: Path) -> tuple[list[object], str]:
         return [*frames, "-o", tmp_path / "missing" / "out.png"], "does not exist"
     if case == "zstep":
         return [*frames, "-o", out, "--zstep", "-1"], "--zstep"
+    if case == "twice":
+        return [folder, frames[2], "-o", out], f"{frames[2].name}: the same frame is given twice"
+    if case == "nan":
+        rng = np.random.default_rng(0)
+        tifs = [tmp_path / f"f{k}.tif" for k in range(3)]
+        for k, path in enumerate(tifs):
+            frame = rng.random((32, 32)).astype(np.float32)
+            frame[5, 7] = np.nan if k == 1 else frame[5, 7]
+            tifffile.imwrite(path, frame)
+        return [*tifs, "-o", tmp_path / "out.tif"], "f1.tif: 1 pixel value(s) are NaN or infinite"
+    if case == "weight_inf":
+        return [*frames, "-o", out, "--depth", tmp_path / "d.tif", "--weight", "inf"], "--weight"
+    if case == "zstep_inf":
+        return [*frames, "-o", out, "--depth", tmp_path / "d.tif", "--zstep", "inf"], "--zstep"
     if case == "jpeg16":
         deep = [tmp_path / f"w{k}.png" for k in range(2)]
         for path in deep:
@@ -117,7 +131,8 @@ def _bad(case: str, folder: Path, tmp_path: Path) -> tuple[list[object], str]:
 
 
 @pytest.mark.parametrize("case", ["single", "sizes", "depths", "unreadable", "empty", "overwrite",
-                                  "depth_format", "collision", "no_folder", "zstep", "jpeg16"])
+                                  "depth_format", "collision", "no_folder", "zstep", "jpeg16", "twice",
+                                  "nan", "weight_inf", "zstep_inf"])
 def test_bad_input_is_one_line_exit_2_nothing_written(case: str, frames: Path, tmp_path: Path) -> None:
     args, needle = _bad(case, frames, tmp_path)
     before = {p for p in tmp_path.rglob("*")}
@@ -158,3 +173,23 @@ def test_a_png_cut_short_is_one_line_in_a_real_process(frames: Path, tmp_path: P
         assert len(lines) == 1 and lines[0].startswith("refinekit: error:"), lines
         assert name in lines[0] and "truncated" in lines[0], lines
         assert not out.exists()
+
+
+def test_a_damaged_tiff_is_one_line_in_a_real_process(tmp_path: Path) -> None:
+    """A TIFF cut short after its first tags: tifffile logs each tag it cannot read, and with logging
+    not set up Python prints those records to stderr (CliRunner and pytest's log capture would hide
+    them: a real process)."""
+    import subprocess
+    import sys
+
+    frames = [tmp_path / f"f{k}.tif" for k in range(3)]
+    for k, path in enumerate(frames):
+        tifffile.imwrite(path, np.full((32, 32), k / 4, np.float32))
+    frames[1].write_bytes(frames[1].read_bytes()[:200])
+    out = tmp_path / "out.tif"
+    res = subprocess.run([sys.executable, "-m", "refinekit", "focus", "fuse", *frames, "-o", out],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("refinekit: error:") and "f1.tif" in lines[0], lines
+    assert not out.exists()

@@ -11,7 +11,7 @@ import pytest
 import tifffile
 
 from refinekit.core import InputError
-from refinekit.focus.io import check_image_format, encode_image, read_stack, to_dtype, write_image
+from refinekit.focus.io import ArrayStack, check_image_format, encode_image, read_stack, to_dtype, write_image
 
 
 def _write(path: Path, image: np.ndarray) -> Path:
@@ -128,3 +128,27 @@ def test_single_page_tiffs_as_frames(tmp_path: Path) -> None:
     stack = read_stack(paths)
     assert len(stack) == 3 and stack.channels == 3 and stack.bits == 16
     assert stack.names == ["p0.tif", "p1.tif", "p2.tif"] and int(stack.read(2)[0, 0, 0]) == 2000
+
+
+def test_a_tiff_written_page_by_page_gives_every_page(tmp_path: Path) -> None:
+    """tifffile's ``TiffWriter.write`` per frame makes one series per page; reading the first series
+    alone gave one frame. Pages of another size are refused, naming the page (they were dropped)."""
+    pages = [np.full((4, 6), 10 * k, np.uint8) for k in range(3)]
+    with tifffile.TiffWriter(tmp_path / "pages.tif") as tif:
+        for page in pages:
+            tif.write(page)
+    stack = read_stack([tmp_path / "pages.tif"])
+    assert stack.names == ["pages.tif[0]", "pages.tif[1]", "pages.tif[2]"]
+    assert [int(stack.read(k)[0, 0]) for k in range(3)] == [0, 10, 20]
+    with tifffile.TiffWriter(tmp_path / "mixed.tif") as tif:
+        for page in [*pages, np.zeros((2, 2), np.uint8)]:
+            tif.write(page, metadata=None)
+    with pytest.raises(InputError, match=r"mixed.tif\[3\]: frame is 2x2"):
+        read_stack([tmp_path / "mixed.tif"])
+
+
+def test_a_float_frame_with_nan_is_refused_naming_it() -> None:
+    frames = np.zeros((3, 4, 5), np.float32)
+    frames[2, 1, 1] = np.inf
+    with pytest.raises(InputError, match=r"^frame\[2\]: 1 pixel value\(s\) are NaN or infinite"):
+        ArrayStack(frames)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import typer
@@ -35,22 +36,35 @@ def fit_command(
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON to stdout."),
 ) -> None:
     """Fit a parametric model to DATA.csv by damped least squares, with a free set held out."""
+    import numpy as np
+
     from ..core import FreeFlags, InputError
-    from ..fit import fit, parse_param_spec, read_csv
+    from ..fit import Expression, fit, parse_param_spec, read_csv
     from ..fit.api import parameter_names
     from ..fit.parameters import Parameters
 
     check_outputs([plot, free_flags if free_flags and not free_flags.exists() else None], [data])
     if plot is not None and plot.suffix.lower() != ".png":
         raise InputError("the plot must be a .png file", path=plot)
+    if plot is not None and free_flags is not None and plot.resolve() == free_flags.resolve():
+        # the plot is written last: it would replace the free flags just saved (or loaded) there
+        raise InputError("--plot and --free-flags name the same file", path=plot)
     if not 0 <= free_fraction < 1:
         raise InputError(f"--free-fraction must be in [0, 1), got {free_fraction}")
+    if seed < 0:
+        raise InputError(f"--seed must be >= 0, got {seed}")
     columns = read_csv(data)
     if y not in columns:
         raise InputError(f"no response column {y!r} (columns: {', '.join(columns)}); name it with --y",
                          path=data)
     if sigma is not None and sigma not in columns:
         raise InputError(f"no sigma column {sigma!r} (columns: {', '.join(columns)})", path=data)
+    if sigma is not None and sigma == y:
+        raise InputError(f"--sigma and --y name the same column {y!r}")
+    if sigma is not None and not np.all(columns[sigma] > 0):
+        rows = np.flatnonzero(~(columns[sigma] > 0))
+        raise InputError(f"sigma column {sigma!r}: {rows.size} value(s) not positive (first in data row "
+                         f"{rows[0] + 1}: {columns[sigma][rows[0]]:g})", path=data)
 
     specs = [parse_param_spec(s) for s in param]
     params = Parameters({p.name: p for p in specs})
@@ -67,16 +81,27 @@ def fit_command(
     clash = [n for n in params if n in columns]
     if clash:
         raise InputError(f"--param names data column(s) {', '.join(clash)}")
+    shadowed = sorted(Expression(model).constants & set(columns))
+    if shadowed:  # the model would read the constant, never the column
+        raise InputError(f"data column(s) {', '.join(shadowed)} share a name with a constant the model "
+                         "reads as such: rename the column", path=data)
 
     if prior_weight != "auto":
         try:
             prior_weight = float(prior_weight)
         except ValueError:
             raise InputError(f"--prior-weight must be a number or 'auto', got {prior_weight!r}") from None
+        if not (math.isfinite(prior_weight) and prior_weight >= 0):  # inf: every score is non-finite
+            raise InputError(f"--prior-weight must be a finite number >= 0 or 'auto', got {prior_weight}")
     flags = None
     flags_source = None
     if free_flags is not None and free_flags.exists():
-        flags = FreeFlags.load(free_flags, n=len(columns[y]))
+        try:
+            flags = FreeFlags.load(free_flags, n=len(columns[y]))
+        except InputError:
+            raise
+        except (ValueError, OverflowError):  # a malformed header item, a flag too large for int64
+            raise InputError("corrupt free-flag file", path=free_flags) from None
         flags_source = "loaded"
     elif free_flags is not None and free_fraction == 0:
         raise InputError("--free-flags needs a free set to write: --free-fraction is 0")
@@ -84,11 +109,14 @@ def fit_command(
     y_values = columns.pop(y)
     sigma_values = columns.pop(sigma) if sigma is not None else None
     data_columns = {k: v for k, v in columns.items() if k in _names(model)}
-    result = fit(
-        model, params, data_columns, y_values, sigma=sigma_values, free_fraction=free_fraction,
-        seed=seed, free_flags=flags, prior_weight=prior_weight, precision=precision,
-        max_cycles=max_cycles, callbacks=[ProgressBar("fitting")],
-    )
+    # overflow in a trial's scores is judged by the fit (a non-finite score, a rejected step); numpy's
+    # warnings about it would only add lines to stderr beside the one-line error or the report
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        result = fit(
+            model, params, data_columns, y_values, sigma=sigma_values, free_fraction=free_fraction,
+            seed=seed, free_flags=flags, prior_weight=prior_weight, precision=precision,
+            max_cycles=max_cycles, callbacks=[ProgressBar("fitting")],
+        )
     if free_flags is not None and flags_source is None and result.free_flags is not None:
         result.free_flags.save(free_flags)
         flags_source = "made"

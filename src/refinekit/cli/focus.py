@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -47,10 +48,11 @@ def fuse_command(
 
     if motion not in MOTIONS:
         raise InputError(f"--motion must be one of {', '.join(MOTIONS)}, got {motion!r}")
-    if zstep is not None and not zstep > 0:
+    # inf passes "> 0" but is no number of µm, nor a weight the depth solve can use
+    if zstep is not None and not (math.isfinite(zstep) and zstep > 0):
         raise InputError(f"--zstep must be a positive number of µm, got {zstep}")
-    if weight is not None and not weight > 0:
-        raise InputError(f"--weight must be > 0, got {weight}")
+    if weight is not None and not (math.isfinite(weight) and weight > 0):
+        raise InputError(f"--weight must be a finite number > 0, got {weight}")
     if depth_max_side < 16:
         raise InputError(f"--depth-max-side must be at least 16, got {depth_max_side}")
     outputs = [output]

@@ -67,6 +67,7 @@ class Expression:
             raise InputError(f"model expression does not parse: {exc.msg} at column {exc.offset} "
                              f"in {self.text!r}") from None
         self.names: set[str] = set()
+        self.constants: set[str] = set()  # the constants it reads (pi, e): never a data column
         self.uses_abs = False
         self._root = self._build(tree.body)
 
@@ -84,6 +85,7 @@ class Expression:
         if isinstance(node, ast.Name):
             name = node.id
             if name in CONSTANTS:
+                self.constants.add(name)
                 const = CONSTANTS[name]
                 return lambda env: const
             if name in FUNCTIONS:

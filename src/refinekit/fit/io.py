@@ -62,6 +62,8 @@ def read_csv(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
             raise InputError(f"line {line}: {len(row)} fields, the header has {len(header)}", path=path)
         for j, cell in enumerate(row):
             try:
+                if "_" in cell:  # float() reads "1_000" as Python's digit grouping: no CSV means that
+                    raise ValueError(cell)
                 value = float(cell)
             except ValueError:
                 raise InputError(f"line {line}, column {header[j]!r}: not a number: {cell.strip()!r}",

@@ -529,8 +529,8 @@ def estimate_depth(
         weight = float(np.sqrt(bounds[0] * bounds[1]))
         message = (f"too few frames ({n}) to hold any out: smoothness weight {weight:.3g} "
                    "(geometric middle of the bounds) was not validated")
-    if not weight > 0:
-        raise InputError(f"the smoothness weight must be > 0, got {weight}")
+    if not (np.isfinite(weight) and weight > 0):  # inf makes the smoothness system singular
+        raise InputError(f"the smoothness weight must be a finite number > 0, got {weight}")
 
     depth0, confidence = fit_focus_peak(volume, z)
     if guide is None:

@@ -8,10 +8,12 @@ atomically, so a failure leaves no partial file.
 
 from __future__ import annotations
 
+import contextlib
 import io
+import logging
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -116,6 +118,7 @@ class FrameStack(_Frames):
             raise InputError(f"frame decodes as {_describe(image)}, the stack is "
                              f"{self.shape[1]}x{self.shape[0]} {self.channels}-channel {self.dtype}",
                              path=ref.name if ref.index is not None else ref.path)
+        _check_finite(image, ref.name if ref.index is not None else ref.path)
         return image
 
 
@@ -146,6 +149,9 @@ class ArrayStack(_Frames):
         self.names = list(names) if names is not None else [f"frame[{k}]" for k in range(len(frames))]
         if len(self.names) != len(frames):
             raise InputError(f"{len(self.names)} names for {len(frames)} frames")
+        if frames.dtype == np.float32:
+            for frame, name in zip(frames, self.names, strict=True):
+                _check_finite(frame, name)
 
     def __len__(self) -> int:
         return int(self.frames.shape[0])
@@ -175,6 +181,15 @@ def _channels(image: np.ndarray) -> int:
 
 def _describe(image: np.ndarray) -> str:
     return f"{image.shape[1]}x{image.shape[0]} {_channels(image)}-channel {image.dtype}"
+
+
+def _check_finite(image: np.ndarray, where: object) -> None:
+    """Refuse a float frame with NaN or Inf pixels: one such pixel spreads through the pyramid fusion
+    and the alignment to a whole patch of the output (integer frames cannot hold them)."""
+    if image.dtype.kind == "f":
+        bad = image.size - int(np.count_nonzero(np.isfinite(image)))
+        if bad:
+            raise InputError(f"{bad} pixel value(s) are NaN or infinite: frames must be finite", path=where)
 
 
 def _natural_key(path: Path) -> list:
@@ -209,6 +224,14 @@ def read_stack(inputs: Sequence[str | os.PathLike[str]]) -> FrameStack:
     if len(refs) < 2:
         raise InputError(f"a focal stack needs at least 2 frames, got {len(refs)}"
                          + (f" ({refs[0].name})" if refs else ""))
+    # one frame twice (a file given again, or inside a folder also given) would sit at two focus
+    # positions at once: the depth map and the frame order would be wrong without a word
+    seen: dict[tuple[Path, int | None], int] = {}
+    for k, ref in enumerate(refs):
+        first = seen.setdefault((ref.path.resolve(), ref.index), k)
+        if first != k:
+            raise InputError(f"the same frame is given twice (frames {first + 1} and {k + 1} of the stack)",
+                             path=ref.name if ref.index is not None else ref.path)
     shape, channels, dtype = props[0]
     for ref, (s, c, d) in zip(refs[1:], props[1:], strict=True):
         where = ref.name if ref.index is not None else ref.path
@@ -275,22 +298,41 @@ def _probe_png(path: Path) -> FrameProps | None:
     return (height, width), channels, dtype
 
 
+@contextlib.contextmanager
+def _quiet_tifffile() -> Iterator[None]:
+    """tifffile logs each damaged tag or page it skips; with logging not set up, Python prints those
+    records to stderr beside the one-line error. A handler of our own for the while keeps them from
+    that last-resort printer (an application's own logging still gets them)."""
+    logger = logging.getLogger("tifffile")
+    handler = logging.NullHandler()
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+
+
 def _probe_tiff(path: Path) -> list[tuple[FrameRef, FrameProps]]:
+    """Every frame of every image series in the file. A file written page by page (tifffile's
+    ``TiffWriter.write`` per frame, or pages of different shapes) holds one series per write: reading
+    the first alone dropped the others without a word."""
     import tifffile
 
     try:
-        with tifffile.TiffFile(path) as tif:
-            series = tif.series[0]
-            shape = tuple(int(s) for s in series.shape)
-            dtype = np.dtype(series.dtype)
-            axes = series.axes
+        with _quiet_tifffile(), tifffile.TiffFile(path) as tif:
+            layouts = [(tuple(int(s) for s in series.shape), np.dtype(series.dtype), series.axes)
+                       for series in tif.series]
     except Exception as exc:
         raise InputError(f"not a readable TIFF ({_reason(exc)})", path=path) from None
-    frame_shape, n_frames = _tiff_layout(path, shape, axes)
-    prop = _check_props(path, frame_shape, dtype)
-    if n_frames == 1:
-        return [(FrameRef(path), prop)]
-    return [(FrameRef(path, i), prop) for i in range(n_frames)]
+    if not layouts:
+        raise InputError("not a readable TIFF (no image in it)", path=path)
+    props: list[FrameProps] = []
+    for shape, dtype, axes in layouts:
+        frame_shape, n_frames = _tiff_layout(path, shape, axes)
+        props += [_check_props(path, frame_shape, dtype)] * n_frames
+    if len(props) == 1:
+        return [(FrameRef(path), props[0])]
+    return [(FrameRef(path, i), prop) for i, prop in enumerate(props)]
 
 
 def _tiff_layout(path: Path, shape: tuple[int, ...], axes: str) -> tuple[tuple[int, ...], int]:
@@ -336,9 +378,9 @@ def _decode(ref: FrameRef) -> np.ndarray:
         if path.suffix.lower() in _TIFF:
             import tifffile
 
-            with tifffile.TiffFile(path) as tif:
+            with _quiet_tifffile(), tifffile.TiffFile(path) as tif:
                 series = tif.series[0]
-                data = series.asarray() if ref.index is None else _tiff_frame(series, ref.index)
+                data = series.asarray() if ref.index is None else _tiff_frame(tif.series, ref.index)
             image = np.asarray(data)
         else:
             import cv2
@@ -379,15 +421,21 @@ def _cut_short(raw: np.ndarray) -> str | None:
     return None
 
 
-def _tiff_frame(series, index: int) -> np.ndarray:
-    """Frame ``index`` of a TIFF z-series, reading only its page where each page is one frame."""
-    frame_dims = 3 if series.axes.endswith("YXS") and series.shape[-1] in (3, 4) else 2
-    frame_shape = tuple(series.shape[-frame_dims:])
-    n_frames = int(np.prod(series.shape[:-frame_dims]))
-    pages = series.pages
-    if len(pages) == n_frames and pages[index] is not None:
-        return np.asarray(pages[index].asarray()).reshape(frame_shape)
-    return np.asarray(series.asarray()).reshape((n_frames, *frame_shape))[index]
+def _tiff_frame(all_series: Sequence, index: int) -> np.ndarray:
+    """Frame ``index`` of a TIFF's frames (its series one after the other, as :func:`_probe_tiff`
+    counts them), reading only its page where each page is one frame."""
+    for series in all_series:
+        frame_dims = 3 if series.axes.endswith("YXS") and series.shape[-1] in (3, 4) else 2
+        frame_shape = tuple(series.shape[-frame_dims:])
+        n_frames = int(np.prod(series.shape[:-frame_dims]))
+        if index >= n_frames:
+            index -= n_frames
+            continue
+        pages = series.pages
+        if len(pages) == n_frames and pages[index] is not None:
+            return np.asarray(pages[index].asarray()).reshape(frame_shape)
+        return np.asarray(series.asarray()).reshape((n_frames, *frame_shape))[index]
+    raise IndexError("the file holds fewer frames than when it was first read")
 
 
 # ------------------------------------------------------------------------------------------ writing
