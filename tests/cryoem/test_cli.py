@@ -268,3 +268,83 @@ def test_reconstruct_needs_angles(dataset, tmp_path):
     before = snapshot(dataset)
     res = invoke("cryoem", "reconstruct", dataset / "particles.star", "-o", tmp_path / "m.mrc")
     expect_bad_input(res, before, dataset, tmp_path / "m.mrc", "rlnAngleRot")
+
+
+def test_simulate_refuses_non_finite_or_unphysical_options(tmp_path):
+    """--defocus-max inf failed with a traceback; --cs nan and --max-shift inf were blamed on the map
+    ("projects to blank images"); --pixel-size inf on the low-pass."""
+    out = tmp_path / "sim"
+    base = (bundled_map_path("emd_1832"), "-n", 4, "--snr", 1, "--box", 16, "--start-lowpass", 60)
+    for extra, needle in (
+        (("--defocus-max", "inf"), "defocus range"),
+        (("--cs", "nan"), "--cs"),
+        (("--cs", -2.7), "--cs"),
+        (("--max-shift", "inf"), "--max-shift"),
+        (("--pixel-size", "inf"), "--pixel-size"),
+    ):
+        res = invoke("cryoem", "simulate", *base, *extra, "-o", out)
+        assert res.exit_code == 2 and needle in res.stderr, res.stderr
+        assert len(res.stderr.strip().splitlines()) == 1 and not out.exists()
+
+
+def test_simulate_refuses_a_map_too_small_without_box(tmp_path):
+    """A 4-voxel map made a 4-pixel simulation (which refine then cannot use); 2 voxels was blamed on
+    "blank images" without naming the map."""
+    out = tmp_path / "sim"
+    for size in (2, 4):
+        tiny = tmp_path / f"tiny{size}.mrc"
+        write_map(tiny, np.random.default_rng(0).normal(size=(size,) * 3).astype(np.float32) + 1, 10.0)
+        res = invoke("cryoem", "simulate", tiny, "-n", 4, "--snr", 1, "--start-lowpass", 100, "-o", out)
+        assert res.exit_code == 2 and f"{tiny}: the map is {size} voxels" in res.stderr, res.stderr
+        assert not out.exists()
+
+
+def test_huge_start_rotation_is_a_rotation():
+    """The angle overflowed the rotation formula (NaN in the matrix and the reference)."""
+    from refinekit.cryoem import starting_reference
+
+    volume = np.zeros((16, 16, 16))
+    volume[5:11, 6:10, 7:9] = 1.0
+    reference, rotation = starting_reference(volume, 4.0, 20.0, 1e300, seed=1)
+    same, expected = starting_reference(volume, 4.0, 20.0, float(np.remainder(1e300, 360.0)), seed=1)
+    assert np.isfinite(rotation).all() and np.allclose(rotation @ rotation.T, np.eye(3))
+    assert np.allclose(rotation, expected) and np.allclose(reference, same)
+
+
+def test_too_few_particles_names_the_file(dataset, tmp_path):
+    text = (dataset / "particles.star").read_text().splitlines()
+    kept = [line for line in text if "@" not in line or line.startswith(("000001@", "000002@", "000003@"))]
+    (dataset / "three.star").write_text("\n".join(kept) + "\n")
+    before = snapshot(dataset)
+    out = tmp_path / "out"
+    res = invoke(*refine_args(dataset, out, star="three.star"))
+    expect_bad_input(res, before, dataset, out, f"{dataset / 'three.star'}: 3 particle(s)")
+
+
+def test_refine_refuses_images_too_small(tmp_path):
+    """2-pixel images failed with a traceback deep in the FSC."""
+    from .conftest import write_stack_and_star
+
+    rng = np.random.default_rng(0)
+    text = "data_\nloop_\n_rlnImageName\n_rlnDefocusU\n_rlnVoltage\n_rlnSphericalAberration\n"
+    text += "_rlnAmplitudeContrast\n_rlnPixelSize\n"
+    text += "".join(f"{i + 1}@stack.mrcs 20000 300 2.7 0.1 10\n" for i in range(12))
+    star = write_stack_and_star(tmp_path, text, rng.normal(size=(12, 2, 2)).astype(np.float32), pixel=10.0)
+    write_map(tmp_path / "ref.mrc", rng.normal(size=(2, 2, 2)).astype(np.float32), 10.0)
+    before = snapshot(tmp_path)
+    out = tmp_path / "out"
+    res = invoke("cryoem", "refine", star, "--reference", tmp_path / "ref.mrc", "-o", out,
+                 "--initial-lowpass", 100)
+    expect_bad_input(res, before, tmp_path, out, "at least 8")
+
+
+@pytest.mark.parametrize(("device", "needle"), [("cuda:7", "torch sees 1"), ("cuda:abc", "not a CUDA device")])
+def test_refine_refuses_a_cuda_device_torch_does_not_have(dataset, tmp_path, monkeypatch, device, needle):
+    """With CUDA present, a bad index or name passed the checks and failed with a traceback later."""
+    torch = pytest.importorskip("torch")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    before = snapshot(dataset)
+    out = tmp_path / "out"
+    res = invoke(*refine_args(dataset, out), "--device", device, "--max-iterations", 1)
+    expect_bad_input(res, before, dataset, out, needle)

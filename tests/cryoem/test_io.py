@@ -211,3 +211,91 @@ def test_bad_maps_are_refused(tmp_path):
         read_map(tmp_path / "text.mrc")
     with pytest.raises(InputError, match="no such"):
         read_map(tmp_path / "missing.mrc")
+
+
+MORE_BAD_CASES = {
+    "repeated column": (STAR_HEADER.replace("_rlnPixelSize\n", "_rlnDefocusU\n") + rows(1), 1, "twice"),
+    "non-integer subset": (
+        STAR_HEADER.replace("_rlnPixelSize\n", "_rlnPixelSize\n_rlnRandomSubset\n")
+        + "1@stack.mrcs 15000 300 2.7 0.1 2.0 1.5\n",
+        1,
+        "rlnRandomSubset has a non-integer",
+    ),
+    "non-integer optics group": (
+        BAD_CASES["unknown optics group"][0].replace("15000 2\n", "15000 1.5\n"),
+        1,
+        "rlnOpticsGroup has a non-integer",
+    ),
+    "optics group listed twice": (
+        BAD_CASES["unknown optics group"][0].replace(
+            "1 2.0 300 2.7 0.1\n", "1 2.0 300 2.7 0.1\n1 2.0 200 2.7 0.1\n"
+        ),
+        1,
+        "more than once",
+    ),
+    "optics table without group numbers": (
+        "data_optics\nloop_\n_rlnImagePixelSize\n_rlnVoltage\n_rlnSphericalAberration\n"
+        "_rlnAmplitudeContrast\n2.0 300 2.7 0.1\ndata_particles\nloop_\n_rlnImageName\n_rlnDefocusU\n"
+        "1@stack.mrcs 15000\n",
+        1,
+        "no rlnOpticsGroup column",
+    ),
+    "negative defocus": (
+        STAR_HEADER + "1@stack.mrcs 15000 300 2.7 0.1 2.0\n2@stack.mrcs -15000 300 2.7 0.1 2.0\n",
+        2,
+        "rlnDefocusU has a negative value in row 2",
+    ),
+    "negative Cs": (STAR_HEADER + "1@stack.mrcs 15000 300 -2.7 0.1 2.0\n", 1, "rlnSphericalAberration"),
+    "negative CTF scale": (
+        STAR_HEADER.replace("_rlnPixelSize\n", "_rlnPixelSize\n_rlnCtfScalefactor\n")
+        + "1@stack.mrcs 15000 300 2.7 0.1 2.0 -1\n",
+        1,
+        "rlnCtfScalefactor must be positive",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MORE_BAD_CASES))
+def test_contradictory_or_unphysical_star_is_refused(tmp_path, case):
+    """Each of these was read without a word (a value truncated, the last group kept, the CTF's sign
+    flipped) or, for a repeated column, failed with a traceback."""
+    text, n_images, needle = MORE_BAD_CASES[case]
+    images = np.random.default_rng(2).normal(size=(n_images, 16, 16)).astype(np.float32)
+    star = write_stack_and_star(tmp_path, text, images)
+    with pytest.raises(InputError, match=needle) as info:
+        read_particles(star)
+    assert "\n" not in str(info.value)
+
+
+def test_star_that_is_not_utf8_is_refused(tmp_path):
+    """starfile reads such a file as having no blocks: the error blamed a missing rlnImageName."""
+    star = write_stack_and_star(tmp_path, STAR_HEADER + rows(1), np.ones((1, 16, 16), dtype=np.float32))
+    star.write_bytes(star.read_bytes().replace(b"\n1@", b"\n# caf\xe9\n1@"))
+    with pytest.raises(InputError, match="not UTF-8"):
+        read_particles(star)
+
+
+def test_mrc_whose_size_disagrees_with_its_header_is_refused(tmp_path):
+    """A wrong mode in the header was read (permissively) as other numbers; a truncated file was
+    reported as 'no data could be read'."""
+    import struct
+
+    from refinekit.cryoem.io import write_mrc
+
+    good = tmp_path / "good.mrc"
+    write_mrc(good, np.random.default_rng(3).normal(size=(8, 8, 8)).astype(np.float32) + 2, 1.0)
+    raw = good.read_bytes()
+    (tmp_path / "mode0.mrc").write_bytes(raw[:12] + struct.pack("<i", 0) + raw[16:])  # int8, not float32
+    with pytest.raises(InputError, match="larger than its header describes"):
+        read_map(tmp_path / "mode0.mrc")
+    (tmp_path / "long.mrc").write_bytes(raw + bytes(100))
+    with pytest.raises(InputError, match="100 bytes larger"):
+        read_map(tmp_path / "long.mrc")
+    (tmp_path / "short.mrc").write_bytes(raw[:-100])
+    with pytest.raises(InputError, match="truncated"):
+        read_map(tmp_path / "short.mrc")
+    star = write_stack_and_star(tmp_path, STAR_HEADER + rows(2), np.ones((2, 16, 16), dtype=np.float32))
+    stack = tmp_path / "stack.mrcs"
+    stack.write_bytes(stack.read_bytes()[:-10])
+    with pytest.raises(InputError, match="particle stack is truncated"):
+        read_particles(star)

@@ -69,20 +69,26 @@ def simulate_command(
         raise InputError(f"--start-rotation must be a finite angle, got {start_rotation}")
     if box is not None and not 16 <= box <= 1024:
         raise InputError(f"--box must be between 16 and 1024 pixels, got {box}")
-    if not 0 < defocus_min <= defocus_max:
-        raise InputError("the defocus range must be positive with --defocus-min <= --defocus-max")
-    if max_shift < 0:
-        raise InputError("--max-shift must not be negative")
+    if not 0 < defocus_min <= defocus_max < math.inf:
+        raise InputError("the defocus range must be positive and finite with --defocus-min <= --defocus-max")
+    if not 0 <= max_shift < math.inf:
+        raise InputError(f"--max-shift must be finite and not negative, got {max_shift}")
+    if not 0 <= cs < math.inf:
+        raise InputError(f"--cs must be finite and not negative, got {cs}")
     if not 0 <= amplitude_contrast < 1:
         raise InputError("--amplitude-contrast must be in [0, 1)")
     density = read_map(map_path)
     target_box = box or density.box
+    if not 16 <= target_box <= 1024:  # the range --box allows, for a map used at its own size too
+        raise InputError(
+            f"the map is {density.box} voxels across: give --box between 16 and 1024", path=map_path
+        )
     if pixel_size is None:
         if density.pixel_size is None:
             raise InputError("the map header has no voxel size: give --pixel-size", path=map_path)
         pixel_size = density.pixel_size * density.box / target_box
-    if not pixel_size > 0:
-        raise InputError(f"--pixel-size must be positive, got {pixel_size}")
+    if not 0 < pixel_size < math.inf:
+        raise InputError(f"--pixel-size must be positive and finite, got {pixel_size}")
     if not start_lowpass > 2 * pixel_size:
         raise InputError(f"--start-lowpass must be coarser than Nyquist ({2 * pixel_size:g} A)")
     names = ("particles.mrcs", "particles.star", "truth.star", "truth.mrc", "initial_reference.mrc")
@@ -162,6 +168,7 @@ def refine_command(
     from ..cryoem import RefineOptions, read_map, read_particles, refine_particles, write_refinement
     from ..cryoem.api import OUTPUT_FILES
     from ..cryoem.backend import get_backend
+    from ..cryoem.problem import MIN_BOX
 
     if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
         raise InputError(f"--device must be cpu or cuda, got {device!r}")
@@ -190,6 +197,19 @@ def refine_command(
     if stack.subsets is not None and len(set(stack.subsets.tolist())) == 1:
         raise InputError(
             f"every particle has rlnRandomSubset {int(stack.subsets[0])}: both halves need particles",
+            path=particles,
+        )
+    # the refinement checks these too, but without the file's name
+    if stack.box < MIN_BOX:
+        raise InputError(
+            f"the images are {stack.box} pixels across: refinement needs at least {MIN_BOX}", path=particles
+        )
+    subsets = stack.subsets.tolist() if stack.subsets is not None else []
+    halves = [subsets.count(1), subsets.count(2)] if subsets else [(len(stack) + 1) // 2, len(stack) // 2]
+    if min(halves) < 2:
+        raise InputError(
+            f"{len(stack)} particle(s) ({halves[0]} and {halves[1]} in the two halves): each half needs "
+            "at least 2",
             path=particles,
         )
     options = RefineOptions(

@@ -109,6 +109,17 @@ class TorchBackend:
             raise InputError("the torch backend needs torch (pip install 'refinekit[gpu]')") from None
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise InputError("--device cuda: no CUDA device is available to torch")
+        if device.startswith("cuda"):
+            # a bad name or index would otherwise fail with a traceback at the first tensor
+            try:
+                index = torch.device(device).index
+            except RuntimeError:
+                raise InputError(f"--device {device}: not a CUDA device (cuda or cuda:N)") from None
+            count = torch.cuda.device_count()
+            if index is not None and index >= count:
+                raise InputError(
+                    f"--device {device}: torch sees {count} CUDA device(s), cuda:0 to cuda:{count - 1}"
+                )
         self.torch = torch
         self.device = device
         self._dtypes = {

@@ -68,6 +68,7 @@ def _open_mrc(path: Path, what: str) -> tuple[np.ndarray, float | None]:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # old or incomplete headers (see SOURCE.md) are common
             with mrcfile.mmap(path, mode="r", permissive=True) as mrc:
+                _check_mrc_size(mrc.header, path, what)
                 if mrc.data is None:
                     raise InputError(f"not an MRC {what} (no data could be read)", path=path)
                 data = np.array(mrc.data, dtype=np.float32)
@@ -78,6 +79,32 @@ def _open_mrc(path: Path, what: str) -> tuple[np.ndarray, float | None]:
         raise InputError(f"cannot read the MRC {what} ({_reason(exc)})", path=path) from None
     pixel = voxel if math.isfinite(voxel) and voxel > 0 else None
     return data, pixel
+
+
+def _check_mrc_size(header: Any, path: Path, what: str) -> None:
+    """Refuse a file whose size is not what its header describes: a truncated file, or a header whose
+    mode or dimensions are wrong (permissive mode would read such data as other numbers, silently)."""
+    from mrcfile.utils import data_dtype_from_header, data_shape_from_header
+
+    try:
+        dtype = data_dtype_from_header(header)
+        shape = data_shape_from_header(header)
+    except (ValueError, TypeError):
+        return  # an unknown mode or bad dimensions: refused below, as no data can be read
+    if min(shape) < 0:
+        return
+    expected = int(header.nbytes) + int(header.nsymbt) + math.prod(shape) * dtype.itemsize
+    actual = path.stat().st_size
+    if actual < expected:
+        raise InputError(
+            f"the MRC {what} is truncated ({actual} bytes, its header describes {expected})", path=path
+        )
+    if actual > expected:
+        raise InputError(
+            f"the MRC {what} is {actual - expected} bytes larger than its header describes "
+            f"(mode {int(header.mode)}, {shape[::-1]} as x, y, z): a wrong mode or a corrupt header",
+            path=path,
+        )
 
 
 def read_map(path: str | os.PathLike[str]) -> DensityMap:
@@ -149,13 +176,17 @@ def read_star(path: str | os.PathLike[str]) -> dict[str, Any]:
     if path.is_dir():
         raise InputError("is a directory, not a STAR file", path=path)
     try:
-        head = path.read_bytes()[:4096]
+        content = path.read_bytes()
     except OSError as exc:
         raise InputError(f"cannot read the STAR file ({_reason(exc)})", path=path) from None
-    if b"\x00" in head:
+    if b"\x00" in content[:4096]:
         raise InputError("not a STAR file (binary content)", path=path)
-    if b"data_" not in head and b"data_" not in path.read_bytes():
+    if b"data_" not in content:
         raise InputError("not a STAR file (no data_ block)", path=path)
+    try:
+        content.decode("utf-8")
+    except UnicodeDecodeError as exc:  # starfile would read such a file as having no blocks at all
+        raise InputError(f"not a STAR file (byte {exc.start + 1} is not UTF-8 text)", path=path) from None
     import starfile
 
     try:
@@ -169,6 +200,10 @@ def read_star(path: str | os.PathLike[str]) -> dict[str, Any]:
     out = {}
     for name, block in blocks.items():
         if isinstance(block, pd.DataFrame):
+            # a repeated column would make block[column] a table, not the one column asked for
+            repeated = block.columns[block.columns.duplicated()]
+            if len(repeated):
+                raise InputError(f"block data_{name} has the column {repeated[0]} twice", path=path)
             out[name] = block
         else:  # a key-value block: one row
             out[name] = pd.DataFrame([block]) if isinstance(block, Mapping) else block
@@ -288,6 +323,17 @@ def _numeric(block: Any, column: str, path: Path, *, required: bool = True) -> n
             f"column {column} has a missing or non-finite value in row {int(np.argmax(bad)) + 1}", path=path
         )
     return values
+
+
+def _integers(block: Any, column: str, path: Path) -> np.ndarray:
+    """A required column of whole numbers (group ids, half sets): 1.5 is refused, not truncated to 1."""
+    values = _numeric(block, column, path)
+    fractional = values != np.round(values)
+    if fractional.any():
+        raise InputError(
+            f"column {column} has a non-integer value in row {int(np.argmax(fractional)) + 1}", path=path
+        )
+    return values.astype(int)
 
 
 def _particle_block(blocks: dict[str, Any], path: Path) -> tuple[Any, Any]:
@@ -435,10 +481,16 @@ def read_particles(path: str | os.PathLike[str], *, load_images: bool = True) ->
     # optics groups (3.1)
     index_of_group = None
     groups = None
-    if optics is not None and "rlnOpticsGroup" in getattr(optics, "columns", ()):
-        group_ids = _numeric(optics, "rlnOpticsGroup", path).astype(int)
+    if optics is not None and "rlnOpticsGroup" not in getattr(optics, "columns", ()):
+        # without it the optics values (pixel size, voltage) cannot be given to any particle
+        raise InputError("the optics table has no rlnOpticsGroup column", path=path)
+    if optics is not None:
+        group_ids = _integers(optics, "rlnOpticsGroup", path)
+        repeated = sorted({int(g) for g in group_ids if np.count_nonzero(group_ids == g) > 1})
+        if repeated:
+            raise InputError(f"the optics table lists optics group(s) {repeated} more than once", path=path)
         if "rlnOpticsGroup" in block.columns:
-            groups = _numeric(block, "rlnOpticsGroup", path).astype(int)
+            groups = _integers(block, "rlnOpticsGroup", path)
         elif len(group_ids) == 1:
             groups = np.full(n, group_ids[0])
         else:
@@ -465,6 +517,20 @@ def read_particles(path: str | os.PathLike[str], *, load_images: bool = True) ->
         raise InputError("rlnVoltage must be positive", path=path)
     if np.any((values["rlnAmplitudeContrast"] < 0) | (values["rlnAmplitudeContrast"] >= 1)):
         raise InputError("rlnAmplitudeContrast must be in [0, 1)", path=path)
+    # RELION's defocus is positive underfocus and its Cs a magnitude: a negative value is a corrupt or
+    # sign-flipped table, which would otherwise refine against a wrong CTF without a word
+    for column, value in (("rlnDefocusU", defocus_u), ("rlnDefocusV", defocus_v)):
+        if value is not None and np.any(value < 0):
+            raise InputError(
+                f"column {column} has a negative value in row {int(np.argmax(value < 0)) + 1}", path=path
+            )
+    if np.any(values["rlnSphericalAberration"] < 0):
+        raise InputError("rlnSphericalAberration must not be negative", path=path)
+    scale = _numeric(block, "rlnCtfScalefactor", path, required=False)
+    if scale is not None and np.any(scale <= 0):
+        raise InputError(
+            f"column rlnCtfScalefactor must be positive (row {int(np.argmax(scale <= 0)) + 1})", path=path
+        )
     ctf = CTFParameters(
         defocus_u=defocus_u,
         defocus_v=defocus_u if defocus_v is None else defocus_v,
@@ -478,9 +544,7 @@ def read_particles(path: str | os.PathLike[str], *, load_images: bool = True) ->
         bfactor=_numeric(block, "rlnCtfBfactor", path, required=False)
         if "rlnCtfBfactor" in block.columns
         else 0.0,
-        scale=_numeric(block, "rlnCtfScalefactor", path, required=False)
-        if "rlnCtfScalefactor" in block.columns
-        else 1.0,
+        scale=1.0 if scale is None else scale,
     )
     if len(ctf) != n:
         ctf = CTFParameters(**{k: np.broadcast_to(getattr(ctf, k), (n,)) for k in ctf.__dataclass_fields__})
@@ -496,7 +560,7 @@ def read_particles(path: str | os.PathLike[str], *, load_images: bool = True) ->
     origins = _origins(block, pixel_size, path)
     subsets = None
     if "rlnRandomSubset" in block.columns:
-        subsets = _numeric(block, "rlnRandomSubset", path).astype(int)
+        subsets = _integers(block, "rlnRandomSubset", path)
         if not set(subsets.tolist()) <= {1, 2}:
             raise InputError(
                 f"rlnRandomSubset must be 1 or 2, found {sorted(set(subsets.tolist()) - {1, 2})}", path=path

@@ -59,6 +59,9 @@ from .search import (
     shift_grid,
 )
 
+#: The smallest image (pixels) a refinement accepts.
+MIN_BOX = 8
+
 #: Global candidates per particle refined locally where the particles are ambiguous.
 AMBIGUOUS_CANDIDATES = 16
 
@@ -124,6 +127,8 @@ class RefineOptions:
     solvent_flatten: bool = True
 
     def check(self, box: int, pixel_size: float) -> None:
+        if box < MIN_BOX:  # too few Fourier shells for an FSC (2 pixels fails deep in the numerics)
+            raise InputError(f"the images are {box} pixels across: refinement needs at least {MIN_BOX}")
         if self.max_iterations < 1:
             raise InputError(f"max_iterations must be at least 1, got {self.max_iterations}")
         nyquist = 2 * pixel_size

@@ -13,6 +13,7 @@ RELION's normalisation gives).
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,6 +80,8 @@ def starting_reference(
     rng = np.random.default_rng(seed)
     axis = rng.normal(size=3)
     axis /= np.linalg.norm(axis)
+    # the same rotation in (-180, 180]: a huge angle would overflow the rotation's formula
+    rotation_deg = math.remainder(rotation_deg, 360.0)
     rotation = axis_angle_matrix(np.radians(rotation_deg) * axis)
     smooth = lowpass(volume, resolution_to_shell(resolution, volume.shape[0], pixel_size), 2.0)
     rotated = rotate_map(smooth, rotation) if rotation_deg else smooth
