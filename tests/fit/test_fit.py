@@ -184,3 +184,13 @@ def test_prior_weight_chosen_by_the_free_score_trusts_a_right_prior_and_not_a_wr
         weights[label] = res.figures["prior_weight"]
     assert weights["right"] > 100 * weights["wrong"]
     assert weights["wrong"] < 0.1
+
+
+def test_a_model_without_data_columns_fits_the_weighted_mean():
+    """``a`` alone predicts one value for every point (it was an IndexError: the size of the points
+    was taken from the first data column, and there was none)."""
+    y = np.array([2.1, 1.9, 2.0, 2.05, 1.95, 2.3])
+    result = fit("a", {"a": 1.0}, {}, y, free_fraction=0)
+    assert result.success
+    assert abs(result.params["a"].value - y.mean()) < 1e-9
+    assert abs(result.params["a"].stderr - y.std(ddof=1) / np.sqrt(y.size)) < 1e-9

@@ -145,7 +145,7 @@ def fit(
         if not np.all(np.isfinite(sigma_arr) & (sigma_arr > 0)):
             raise InputError("sigma must be finite and positive at every point")
 
-    predict, jacobian, text = _compile(model, params, columns, x)
+    predict, jacobian, text = _compile(model, params, columns, x, n)
     names = params.varied
     if not names:
         raise InputError("no parameter is varied: nothing to fit")
@@ -251,8 +251,8 @@ def _as_parameters(values: Mapping[str, float]) -> Parameters:
 
 
 def _compile(model: str | ModelFunction, params: Parameters, columns: dict[str, np.ndarray],
-             x: Any) -> tuple[Callable, Callable, str]:
-    """Prediction and Jacobian functions of the varied-parameter vector."""
+             x: Any, n: int) -> tuple[Callable, Callable, str]:
+    """Prediction and Jacobian functions of the varied-parameter vector (``n`` points)."""
     names = params.varied
     fixed = params.values_dict()
     if isinstance(model, str):
@@ -265,13 +265,13 @@ def _compile(model: str | ModelFunction, params: Parameters, columns: dict[str, 
         unused = sorted(set(params) - expr.names)
         if unused:
             raise InputError(f"parameter(s) not in the model: {', '.join(unused)}")
-        n = next(iter(columns.values())).size if columns else None
 
         columns64 = {k: np.asarray(v, dtype=float) for k, v in columns.items()}
 
         def evaluate(v: np.ndarray, cols: dict[str, np.ndarray]) -> np.ndarray:
             out = np.asarray(expr({**cols, **fixed, **dict(zip(names, v, strict=True))}))
-            return np.broadcast_to(out, (n,)) if n is not None and out.ndim == 0 else out
+            # a model without data columns (a constant) predicts one value for every point
+            return np.broadcast_to(out, (n,)) if out.ndim == 0 else out
 
         def predict(v: np.ndarray) -> np.ndarray:
             return evaluate(v, columns)
