@@ -97,3 +97,4 @@ def test_metrics_rank_a_blur_series() -> None:
 def test_featureless_view_is_reported() -> None:
     found = autofocus(lambda z: np.full((32, 32), 0.5, np.float32), (0.0, 10.0), fine_step=1.0)
     assert "no focus found" in found.message
+    assert not found.focused and not found.success and found.to_dict()["focus_found"] is False

@@ -73,6 +73,7 @@ def test_autofocus_command(rendered: Rendered, frames: Path) -> None:
     data = json.loads(res.stdout)
     assert data["best_frame"] in {"frame_01.png", "frame_02.png", "frame_03.png", "frame_04.png"}
     assert data["n_acquired"] <= data["n_frames"] and len(data["samples"]) == data["n_acquired"]
+    assert data["success"] is True and data["focus_found"] is True
     text = invoke("focus", "autofocus", frames, "--metric", "tenengrad")
     assert text.exit_code == 0 and "sharpest frame" in text.stdout
 
@@ -143,6 +144,19 @@ def test_bad_input_is_one_line_exit_2_nothing_written(case: str, frames: Path, t
     assert len(lines) == 1 and lines[0].startswith("refinekit: error:") and needle in lines[0], lines
     assert {p for p in tmp_path.rglob("*")} == before
     assert all(p.read_bytes() == data for p, data in before_bytes.items())
+
+
+def test_autofocus_of_a_featureless_stack_finds_no_focus(tmp_path: Path) -> None:
+    """An all-black stack has no sharpest frame: exit 1 (no result), success false in the JSON (it
+    was exit 0 with success true and a "no focus found" message)."""
+    paths = []
+    for k in range(5):
+        cv2.imwrite(str(path := tmp_path / f"black_{k}.png"), np.zeros((40, 40), np.uint8))
+        paths.append(path)
+    res = invoke("focus", "autofocus", *paths, "--json")
+    assert res.exit_code == 1, res.stderr
+    data = json.loads(res.stdout)
+    assert data["success"] is False and data["focus_found"] is False and "no focus found" in data["message"]
 
 
 def test_autofocus_bad_input(tmp_path: Path) -> None:

@@ -152,3 +152,22 @@ def test_a_float_frame_with_nan_is_refused_naming_it() -> None:
     frames[2, 1, 1] = np.inf
     with pytest.raises(InputError, match=r"^frame\[2\]: 1 pixel value\(s\) are NaN or infinite"):
         ArrayStack(frames)
+
+
+def test_single_frame_gifs_are_frames_and_an_animated_one_is_refused(tmp_path: Path) -> None:
+    """Pillow reports every GIF as a batch; one of a single frame is a frame like a PNG (it was refused
+    as "animated")."""
+    import imageio.v3 as iio
+
+    rng = np.random.default_rng(0)
+    images = [(rng.random((20, 30, 3)) * 255).astype(np.uint8) for _ in range(3)]
+    paths = []
+    for k, image in enumerate(images):
+        iio.imwrite(path := tmp_path / f"frame_{k}.gif", image)
+        paths.append(path)
+    stack = read_stack(paths)
+    assert len(stack) == 3 and stack.shape == (20, 30) and stack.channels == 3
+    assert stack.read_float(2).shape == (20, 30, 3)
+    iio.imwrite(animated := tmp_path / "animated.gif", np.stack(images[:2]))
+    with pytest.raises(InputError, match="animated"):
+        read_stack([animated, paths[0]])

@@ -165,6 +165,7 @@ def autofocus_command(
         raise InputError(f"--coarse-step must be at least 1, got {coarse_step}")
     found = autofocus_stack(frames, metric=metric, coarse_step=coarse_step)  # type: ignore[arg-type]
     payload = _contract(found.result, found.to_dict(), found.message)
+    payload["success"] = found.success  # a featureless stack has no focus, however the search ended
     best = found.names[found.best_frame]
     text = (f"sharpest frame : {best} (index {found.best_frame} of {len(found.names)})\n"
             f"focus position : {found.z:.3f} frames (sub-frame fit)\n"
@@ -172,7 +173,7 @@ def autofocus_command(
             f"frames read    : {found.n_acquired} of {len(found.names)}\n"
             f"status         : {found.result.status.label}: {found.message}")
     emit(payload, text, as_json)
-    raise typer.Exit(0 if found.result.usable else 1)
+    raise typer.Exit(0 if found.result.usable and found.focused else 1)
 
 
 def _contract(refinement: Any, figures: dict[str, Any], message: str) -> dict[str, Any]:

@@ -156,7 +156,8 @@ class AutofocusProblem(RefinementProblem):
 @dataclass
 class AutofocusResult:
     """Where focus is sharpest: ``z`` (a sub-step estimate), the best measured sample, every
-    acquisition in order, and the engine's record of the search."""
+    acquisition in order, and the engine's record of the search. ``focused`` is False where every
+    sample was equally sharp (a featureless or saturated view): then ``z`` is no focus position."""
 
     z: float
     best: FocusSample
@@ -165,6 +166,12 @@ class AutofocusResult:
     result: RefinementResult
     message: str
     names: list[str] = field(default_factory=list)
+    focused: bool = True
+
+    @property
+    def success(self) -> bool:
+        """The search converged on a focus (a featureless view has none, however the search ended)."""
+        return self.result.success and self.focused
 
     @property
     def n_acquired(self) -> int:
@@ -179,6 +186,7 @@ class AutofocusResult:
         out: dict[str, Any] = {"z": self.z, "best_z": self.best.z, "best_value": self.best.value,
                                "metric": self.metric, "n_acquired": self.n_acquired,
                                "status": self.result.status.label, "message": self.message,
+                               "focus_found": self.focused,
                                "samples": [s.to_dict() for s in self.samples]}
         if self.names:
             out["best_frame"] = self.names[self.best_frame]
@@ -217,11 +225,12 @@ def autofocus(acquire: Acquire, z_range: tuple[float, float], *, fine_step: floa
                    "which is returned"
         z = best.z
     values = [sample.value for sample in problem.acquired]
-    if max(values) <= min(values) * (1 + 1e-9):
+    focused = max(values) > min(values) * (1 + 1e-9)
+    if not focused:
         message += "; every sample is equally sharp (a featureless or saturated view): no focus found"
     elif best.z in (problem.low, problem.high):
         message += "; the sharpest sample is at the end of the range (the focus may lie beyond it)"
-    return AutofocusResult(z, best, list(problem.acquired), metric, result, message)
+    return AutofocusResult(z, best, list(problem.acquired), metric, result, message, focused=focused)
 
 
 def autofocus_stack(frames: Stack | np.ndarray | Sequence[str | os.PathLike[str]], *,

@@ -271,8 +271,11 @@ def _probe(path: Path) -> list[tuple[FrameRef, FrameProps]]:
         dtype = np.dtype(props.dtype)
     except Exception as exc:  # any decoder failure means an unreadable image
         raise InputError(f"not a readable image ({_reason(exc)})", path=path) from None
-    if props.is_batch or (props.n_images or 1) > 1:
+    frames = (props.n_images or 1) if not props.is_batch else shape[0]
+    if frames > 1:
         raise InputError("animated or multi-frame image: give multi-frame stacks as TIFF", path=path)
+    if props.is_batch:  # Pillow reports any GIF as a batch, one of a single frame too
+        shape = shape[1:]
     return [(FrameRef(path), _check_props(path, shape, dtype))]
 
 
