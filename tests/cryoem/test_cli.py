@@ -299,6 +299,15 @@ def test_simulate_refuses_a_map_too_small_without_box(tmp_path):
         assert not out.exists()
 
 
+def test_simulate_refuses_a_constant_map_naming_it(tmp_path):
+    flat = tmp_path / "flat.mrc"
+    write_map(flat, np.full((20, 20, 20), 3.0, np.float32), 5.0)
+    out = tmp_path / "sim"
+    res = invoke("cryoem", "simulate", flat, "-n", 4, "--snr", 1, "--start-lowpass", 40, "-o", out)
+    assert res.exit_code == 2 and f"{flat}: the map is constant" in res.stderr, res.stderr
+    assert not out.exists()
+
+
 def test_huge_start_rotation_is_a_rotation():
     """The angle overflowed the rotation formula (NaN in the matrix and the reference)."""
     from refinekit.cryoem import starting_reference

@@ -54,6 +54,8 @@ def simulate_command(
     truth.mrc (the map the images carry) and initial_reference.mrc (the truth low-passed, and rotated
     if asked: a start for `refinekit cryoem refine`).
     """
+    import numpy as np
+
     from ..core import InputError
     from ..cryoem import read_map, resample_map, simulate_particles, starting_reference, write_simulation
 
@@ -94,6 +96,8 @@ def simulate_command(
     names = ("particles.mrcs", "particles.star", "truth.star", "truth.mrc", "initial_reference.mrc")
     check_output_folder(out, [out / name for name in names], [map_path])
     volume = resample_map(density.data.astype(float), target_box)
+    if not np.ptp(volume) > 0:  # a flat map projects to blank images: nothing to simulate
+        raise InputError("the map is constant: its projections would be blank", path=map_path)
     sim = simulate_particles(
         volume,
         pixel_size,
