@@ -7,6 +7,7 @@ Exit codes: 0 a usable result (alarms are reported, not fatal); 1 the run produc
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import os
@@ -47,6 +48,10 @@ def handle_errors(function: F) -> F:
             fail(f"{exc.filename}: is a directory")
         except PermissionError as exc:
             fail(f"{exc.filename}: permission denied")
+        except OSError as exc:  # a name too long, a read-only or full disk...: the system's one line
+            where = f"{exc.filename}: " if exc.filename else ""
+            fail(f"{where}{(exc.strerror or str(exc)).lower()}",
+                 EXIT_NO_RESULT if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EIO) else EXIT_BAD_INPUT)
         except MemoryError:
             fail("out of memory", EXIT_NO_RESULT)
         except KeyboardInterrupt:
