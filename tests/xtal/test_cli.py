@@ -225,3 +225,135 @@ def test_a_free_fraction_out_of_range_is_refused_by_the_cli_and_the_library(bund
     for fraction in (0, 0.5, float("nan")):        # ZeroDivisionError for 0 before
         with pytest.raises(InputError, match="free fraction"):
             prepare_refinement(bundled / "5wkd.pdb", data, free_fraction=fraction)
+
+
+def _model_with_atom_field(bundled, tmp_path, start, end, value):
+    """5wkd with columns ``start:end`` of every atom record set to ``value``."""
+    lines = (bundled / "5wkd.pdb").read_text().splitlines(keepends=True)
+    path = tmp_path / "edited.pdb"
+    path.write_text("".join(line[:start] + value.rjust(end - start) + line[end:]
+                            if line.startswith(("ATOM", "HETATM")) else line for line in lines))
+    return path
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ((30, 38), "nan", "non-finite coordinate"), ((60, 66), "nan", "non-finite B-factor"),
+    ((54, 60), "nan", "non-finite occupancy"), ((60, 66), "-50.00", "negative B-factor"),
+    ((54, 60), "-1.00", "negative occupancy"), ((54, 60), "0.00", "zero occupancy"),
+])
+def test_models_with_non_finite_or_negative_atom_values_are_refused(bundled, tmp_path, field, value, message):
+    # a RuntimeError traceback (singular scale fit) before, or R-factors of negative scatterers
+    model = _model_with_atom_field(bundled, tmp_path, *field, value)
+    out = tmp_path / "out"
+    for verb in (["refine", "-o", str(out), "--weight", "2"], ["rfactors"]):
+        line = _one_line_error(runner.invoke(app, ["xtal", verb[0], str(model), str(bundled / "r5wkdsf.ent"),
+                                                   *verb[1:]]))
+        assert message in line and "edited.pdb" in line, line
+    assert not out.exists()
+
+
+def test_a_model_millions_of_cells_from_the_origin_is_refused(bundled, tmp_path):
+    from refinekit.core import InputError
+    from refinekit.xtal import prepare_refinement
+
+    # refinement never ended before (riding hydrogens landed far from the atoms, and the contact search
+    # visited every lattice translation between them)
+    model = _model_with_atom_field(bundled, tmp_path, 30, 38, "99999999")
+    with pytest.raises(InputError, match="unit cells from the origin"):
+        prepare_refinement(model, bundled / "r5wkdsf.ent")
+    assert "from the origin" in _one_line_error(runner.invoke(app, ["xtal", "rfactors", str(model),
+                                                                    str(bundled / "r5wkdsf.ent")]))
+
+
+def test_a_model_of_hydrogens_only_is_refused_by_refine(xtal_data, monlib, tmp_path):
+    st = gemmi.read_structure(str(xtal_data / "3zt9" / "3zt9.cif.gz"))
+    st.remove_ligands_and_waters()
+    for chain in st[0]:
+        for residue in chain:
+            for i in reversed(range(len(residue))):
+                if not residue[i].is_hydrogen():
+                    del residue[i]
+    st.remove_empty_chains()
+    model = tmp_path / "h_only.pdb"
+    model.write_text(st.make_pdb_string())
+    out = tmp_path / "out"
+    line = _one_line_error(runner.invoke(app, ["xtal", "refine", str(model), str(xtal_data / "3zt9" / "r3zt9sf.ent.gz"),
+                                               "-o", str(out), "--monlib", str(monlib), "--weight", "2"]))
+    assert "only hydrogen atoms" in line, line          # a RuntimeError traceback before
+    assert not out.exists()
+
+
+def _mtz_with_column(bundled, tmp_path, label, change):
+    mtz = gemmi.CifToMtz().convert_block_to_mtz(
+        gemmi.as_refln_blocks(gemmi.cif.read(str(bundled / "r5wkdsf.ent")))[0])
+    table = np.array(mtz.array)
+    column = mtz.column_with_label(label).idx
+    table[:, column] = change(table[:, column])
+    mtz.set_data(table)
+    path = tmp_path / f"edited_{label}.mtz"
+    mtz.write_to_file(str(path))
+    return path
+
+
+@pytest.mark.parametrize(("label", "change", "message"), [
+    ("FP", lambda x: np.where(np.arange(x.size) % 2 == 0, np.inf, x), "203 reflections have infinite values"),
+    ("SIGFP", lambda x: np.where(np.arange(x.size) % 3 == 0, -np.inf, x), "infinite values in columns FP/SIGFP"),
+    ("FP", np.zeros_like, "every reflection has the same FP (0)"),
+    ("FreeR_flag", lambda x: np.where(np.arange(x.size) % 2 == 0, np.inf, x), "not integers (e.g. inf)"),
+    ("FreeR_flag", lambda x: x + 0.5, "not integers (e.g. "),
+    ("FreeR_flag", lambda x: np.full_like(x, 1e30), "not integers (e.g. 1e+30)"),
+    ("FreeR_flag", np.zeros_like, "same free flag (0)"),
+])
+def test_corrupt_data_columns_are_refused_with_the_file_named(bundled, tmp_path, label, change, message):
+    # before: infinite values and infinite or fractional flags were dropped or truncated silently, all-zero
+    # amplitudes gave R = inf, and the free-flag errors did not name the file
+    data = _mtz_with_column(bundled, tmp_path, label, change)
+    for line in _refused_by_both_verbs(bundled, tmp_path, data=data):
+        assert message in line and data.name in line, line
+
+
+def test_data_without_a_unit_cell_are_refused(bundled, tmp_path):
+    # a model without CRYST1 takes the data's cell: a RuntimeError traceback from the grid before
+    text = (bundled / "r5wkdsf.ent").read_text()
+    data = tmp_path / "nocell-sf.cif"
+    data.write_text("".join(line for line in text.splitlines(keepends=True) if not line.startswith("_cell.")))
+    model = tmp_path / "nocryst.pdb"
+    model.write_text("".join(line for line in (bundled / "5wkd.pdb").read_text().splitlines(keepends=True)
+                             if not line.startswith("CRYST1")))
+    line = _one_line_error(runner.invoke(app, ["xtal", "rfactors", str(model), str(data)]))
+    assert "nocell-sf.cif: the reflection file has no valid unit cell" in line, line
+
+
+def test_negative_intensities_are_refused_with_the_file_named(xtal_data, tmp_path):
+    mtz = gemmi.read_mtz_file(str(xtal_data / "1l2h" / "1l2h.mtz.gz"))
+    table = np.array(mtz.array)
+    column = mtz.column_with_label("IMEAN").idx
+    table[:, column] = -np.abs(table[:, column]) - 1.0
+    mtz.set_data(table)
+    data = tmp_path / "negative.mtz"
+    mtz.write_to_file(str(data))
+    line = _one_line_error(runner.invoke(app, ["xtal", "rfactors", str(xtal_data / "1l2h" / "1l2h.cif.gz"),
+                                               str(data)]))
+    assert "negative.mtz: the intensities average to zero or less" in line, line
+
+
+def test_a_plot_that_fails_to_render_leaves_no_file(bundled, tmp_path, monkeypatch):
+    import matplotlib.figure
+
+    from refinekit.xtal import prepare_refinement
+    from refinekit.xtal.api import write_plot
+
+    result = prepare_refinement(bundled / "5wkd.pdb", bundled / "r5wkdsf.ent").run(cycles=0, weight=2.0)
+
+    def half_written(self, target, *args, **kwargs):
+        if hasattr(target, "write"):
+            target.write(b"\x89PNG partial")
+        else:
+            with open(target, "wb") as fh:
+                fh.write(b"\x89PNG partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", half_written)
+    with pytest.raises(OSError):
+        write_plot(result, tmp_path / "plot.png")
+    assert list(tmp_path.iterdir()) == []        # a plot.png.tmp.png was left before

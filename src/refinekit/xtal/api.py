@@ -3,6 +3,7 @@ engine, and write the refined model, map coefficients, per-cycle statistics and 
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -22,6 +23,7 @@ from ..core import (
     Status,
     WeightChoice,
     WeightTrial,
+    atomic_write_bytes,
     atomic_write_text,
 )
 from ..core.result import _fmt, jsonable
@@ -125,6 +127,9 @@ class RefinementJob:
         self.data = read_reflections(data_path, labels=labels, free_label=free_label,
                                      free_fraction=free_fraction, seed=seed)
         check_model_matches_data(self.structure, self.data, model_path, data_path)
+        if all(cra.atom.is_hydrogen() for cra in self.structure[0].all()):
+            # hydrogens ride on heavy atoms: without any, the refined model would have no atoms
+            raise InputError("the model has only hydrogen atoms: nothing to refine", path=model_path)
         self.monlib, self.monlib_dir = load_monomer_library(self.structure[0].get_all_residue_names(), monlib)
         self.hydrogens = hydrogens
         self.occupancy = occupancy
@@ -348,10 +353,13 @@ def write_plot(result: XtalRefinementResult, path: str | os.PathLike[str], title
     import matplotlib.pyplot as plt
 
     ax = plot_r_factors(result, title=title)
-    tmp = Path(str(path) + ".tmp.png")
-    ax.figure.savefig(tmp, dpi=120)
-    plt.close(ax.figure)
-    tmp.replace(path)
+    # rendered in memory, then written atomically: a failed savefig leaves no partial file behind
+    buffer = io.BytesIO()
+    try:
+        ax.figure.savefig(buffer, format="png", dpi=120)
+    finally:
+        plt.close(ax.figure)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def _annotate(st: gemmi.Structure, result: XtalRefinementResult) -> None:

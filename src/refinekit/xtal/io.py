@@ -53,8 +53,31 @@ def read_model(path: str | os.PathLike[str]) -> gemmi.Structure:
         raise InputError("the model has no atoms (is it a PDB or mmCIF file?)", path=path)
     while len(st) > 1:      # refinement is of the first model; NMR-style ensembles are not refined
         del st[len(st) - 1]
+    _check_atom_values(st, path)
     st.setup_entities()
     return st
+
+
+def _check_atom_values(st: gemmi.Structure, path: Path) -> None:
+    """Refuse non-finite or negative coordinates, B-factors and occupancies, and a model whose every
+    atom has zero occupancy: they reach the structure factors as NaN or zero (a singular scale fit)."""
+    cras = list(st[0].all())
+    xyz = np.array([cra.atom.pos.tolist() for cra in cras])
+    b_iso = np.array([cra.atom.b_iso for cra in cras])
+    aniso = np.array([cra.atom.aniso.elements_pdb() for cra in cras])
+    occ = np.array([cra.atom.occ for cra in cras])
+    checks = [(~np.all(np.isfinite(xyz), axis=1), "a non-finite coordinate"),
+              (~np.isfinite(b_iso) | ~np.all(np.isfinite(aniso), axis=1), "a non-finite B-factor"),
+              (~np.isfinite(occ), "a non-finite occupancy"),
+              (b_iso < 0, "a negative B-factor"),
+              (occ < 0, "a negative occupancy")]
+    for bad, what in checks:
+        if np.any(bad):
+            first = int(np.argmax(bad))
+            raise InputError(f"{np.count_nonzero(bad)} atom(s) have {what} (the first: {cras[first]})",
+                             path=path)
+    if not np.any(occ > 0):
+        raise InputError("every atom has zero occupancy: the model scatters nothing", path=path)
 
 
 def _head(path: Path, size: int = 4096) -> bytes:
@@ -98,6 +121,7 @@ def check_model_matches_data(st: gemmi.Structure, data: ReflectionData, model_pa
         st.cell = data.cell
         st.spacegroup_hm = data.spacegroup.xhm()
         st.setup_cell_images()
+        _check_model_extent(st, model_path)
         return
     mine = np.array(st.cell.parameters)
     theirs = np.array(data.cell.parameters)
@@ -115,6 +139,21 @@ def check_model_matches_data(st: gemmi.Structure, data: ReflectionData, model_pa
     # the data's cell is the measured one; the model follows it (differences are within tolerance)
     st.cell = data.cell
     st.setup_cell_images()
+    _check_model_extent(st, model_path)
+
+
+#: real models lie within a cell or two of the origin: atoms farther than this (in unit cells along any
+#: axis) have corrupt coordinates, and the riding hydrogens gemmi places on them land anywhere, so the
+#: contact search of refinement, which visits every lattice translation within the model's reach, never ends
+MAX_CELLS_FROM_ORIGIN = 100.0
+
+
+def _check_model_extent(st: gemmi.Structure, model_path: object) -> None:
+    frac = np.array([st.cell.fractionalize(cra.atom.pos).tolist() for cra in st[0].all()])
+    far = float(np.max(np.abs(frac)))
+    if far > MAX_CELLS_FROM_ORIGIN:
+        raise InputError(f"atoms lie {far:.3g} unit cells from the origin (corrupt coordinates?)",
+                         path=model_path)
 
 
 def _cell_text(p: np.ndarray) -> str:
@@ -188,6 +227,9 @@ def read_reflections(path: str | os.PathLike[str], *, labels: Sequence[str] | No
     sg = mtz.spacegroup
     if sg is None:
         raise InputError("the reflection file has no space group", path=path)
+    cell = np.array(mtz.cell.parameters)
+    if not (np.all(np.isfinite(cell)) and np.all(cell[:3] > 1.0) and mtz.cell.volume > 0):
+        raise InputError(f"the reflection file has no valid unit cell ({_cell_text(cell)})", path=path)
     info: dict[str, object] = {"path": str(path)}
     value_col, sigma_col, kind = _find_observation_columns(mtz, labels, path)
     info["columns"] = [value_col.label, sigma_col.label]
@@ -195,6 +237,11 @@ def read_reflections(path: str | os.PathLike[str], *, labels: Sequence[str] | No
     values = np.asarray(value_col.array, dtype=float)
     sigmas = np.asarray(sigma_col.array, dtype=float)
     absent = np.asarray(sg.operations().systematic_absences(hkl_all), dtype=bool)
+    # NaN marks a missing value in MTZ; an infinity is a corrupt one, not to be dropped silently
+    infinite = np.isinf(values) | np.isinf(sigmas)
+    if np.any(infinite):
+        raise InputError(f"{np.count_nonzero(infinite)} reflections have infinite values in columns "
+                         f"{value_col.label}/{sigma_col.label}", path=path)
     observed = np.isfinite(values) & np.isfinite(sigmas) & (sigmas > 0) & ~absent
     if kind == "F":
         observed &= values >= 0
@@ -202,6 +249,9 @@ def read_reflections(path: str | os.PathLike[str], *, labels: Sequence[str] | No
     if rows.size < 10:
         raise InputError(f"only {rows.size} usable reflections in columns "
                          f"{value_col.label}/{sigma_col.label}", path=path)
+    if np.ptp(values[rows]) == 0:       # all zero, say: R and CC would be inf and NaN
+        raise InputError(f"every reflection has the same {value_col.label} ({values[rows[0]]:g}): the column "
+                         f"holds no measurements", path=path)
     hkl = hkl_all[rows]
     free_col = _find_free_column(mtz, free_label, path)
     if free_col is not None:
@@ -210,7 +260,18 @@ def read_reflections(path: str | os.PathLike[str], *, labels: Sequence[str] | No
         unflagged = ~np.isfinite(flag_values)
         if np.all(unflagged):
             raise InputError(f"the free-flag column {free_col.label} is empty", path=path)
-        free_value, convention = infer_free_convention(flag_values)
+        # NaN is a reflection without a flag; an infinity or a fraction is no flag at all
+        not_integer = np.isinf(flag_values) | (np.isfinite(flag_values)
+                                               & ((flag_values != np.round(flag_values))
+                                                  | (np.abs(flag_values) > 2**31)))
+        if np.any(not_integer):
+            raise InputError(f"the free-flag column {free_col.label} holds {np.count_nonzero(not_integer)} "
+                             f"values that are not integers (e.g. {flag_values[not_integer][0]:g})",
+                             path=path)
+        try:
+            free_value, convention = infer_free_convention(flag_values)
+        except InputError as exc:
+            raise InputError(str(exc), path=path) from None
         if np.any(unflagged):   # an observation without a flag is kept out of both sets: drop it
             rows, hkl, flag_values = rows[~unflagged], hkl[~unflagged], flag_values[~unflagged]
         flags = FreeFlags(flag_values.astype(np.int64), free_value)
@@ -229,7 +290,10 @@ def read_reflections(path: str | os.PathLike[str], *, labels: Sequence[str] | No
     values, sigmas = values[rows], sigmas[rows]
     data = ReflectionData(mtz.cell, sg, hkl, values, sigmas, flags, mtz, rows, info)
     if kind == "I":
-        f, sf, kept = french_wilson(values, sigmas, data.s2, data.centric, data.epsilon)
+        try:
+            f, sf, kept = french_wilson(values, sigmas, data.s2, data.centric, data.epsilon)
+        except InputError as exc:
+            raise InputError(str(exc), path=path) from None
         info["french_wilson"] = {"rejected": int(np.count_nonzero(~kept))}
         data = ReflectionData(mtz.cell, sg, hkl[kept], f[kept], sf[kept],
                               FreeFlags(flags.values[kept], flags.free_value), mtz, rows[kept], info)
