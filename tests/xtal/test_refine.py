@@ -90,3 +90,11 @@ def test_the_alarm_fires_on_1sar_and_the_deposited_model_is_kept(xtal_data):
 def test_the_result_carries_the_best_model(bundled):
     result = prepare_refinement(bundled / "5wkd.pdb", bundled / "r5wkdsf.ent").run(cycles=1, weight=2.0)
     assert result.x_best is not None and np.shape(result.x_best) == np.shape(result.x)
+
+
+def test_no_cycles_scores_the_starting_model_and_says_no_weight_was_chosen(bundled):
+    """With 0 cycles and no weight given, the report said "X-ray weight 1 (given)"."""
+    result = prepare_refinement(bundled / "5wkd.pdb", bundled / "r5wkdsf.ent").run(cycles=0)
+    assert result.n_cycles == 0 and len(result.history) == 1
+    assert result.weight_choice["message"] == "not chosen: no cycles were run"
+    assert "(given)" not in result.report() and "not chosen" in result.report()

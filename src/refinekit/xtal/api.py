@@ -198,6 +198,8 @@ class RefinementJob:
                 # the chosen trial goes on where it stopped: its cycles are the run's first cycles
                 result = refiner.run(resume_from=trial)
         else:
+            if weight is None:  # cycles == 0: the starting model is scored, no weight to choose
+                choice_dict = {"weight": 1.0, "message": "not chosen: no cycles were run"}
             weight = 1.0 if weight is None else float(weight)
             problem = self.make_problem(weight)
             result = Refiner(problem, max_cycles=cycles, stop_on_overfit=stop_on_overfit, callbacks=callbacks,
