@@ -48,7 +48,8 @@ class Refiner:
         by free score (by work score without a free set) rather than the last.
     callbacks:
         :class:`~refinekit.core.callbacks.Callback` objects or functions ``f(record)``; a true
-        return value (or ``StopIteration``) stops the run.
+        return value (or ``StopIteration``) stops the run with status ``callback``; a
+        :class:`~refinekit.core.status.StopRefinement` it raises, with that exception's status.
     checkpoint:
         A path: the state is written there (atomically) after every ``checkpoint_every`` cycles;
         :meth:`run` with ``resume_from`` continues such a run to the same result.
@@ -157,9 +158,9 @@ class Refiner:
                     if status is None and self.stop_on_overfit:
                         status = Status.OVERFITTING
                         message = f"overfitting: {alarm.message}"
-            stop_asked, stop_message = self._ask_callbacks(record, x)
-            if status is None and stop_asked:
-                status, message = Status.CALLBACK, stop_message
+            stop_status, stop_message = self._ask_callbacks(record, x)
+            if status is None and stop_status is not None:
+                status, message = stop_status, stop_message
             if status is None and cycle >= self.max_cycles:
                 status = Status.MAX_CYCLES
                 message = f"stopped after the maximum of {self.max_cycles} cycles without converging"
@@ -198,7 +199,7 @@ class Refiner:
         # run broke down; otherwise the last model, which is what the loop converged to.
         restore = self.restore_best and (bool(alarms) or not status.usable)
         kept_cycle, returned = (best_cycle, best_x) if restore else (max(len(history) - 1, 0), last_checked)
-        if restore and kept_cycle != len(history) - 1:
+        if restore and history and kept_cycle != len(history) - 1:
             message += f"; kept the model of cycle {kept_cycle}"
         result = RefinementResult(
             x=returned, status=status, message=message, n_cycles=cycle, history=history,
@@ -212,11 +213,25 @@ class Refiner:
         """The state just before ``result``'s last check, rebuilt from its history."""
         if not result.history:
             raise InputError("cannot continue a run that checked no model")
+        last = result.history[-1]
+        if result.n_cycles > last.cycle:
+            # a check stopped the run (StopRefinement): x_last, the model of cycle n_cycles, was
+            # never checked, so it is checked now as that cycle after every recorded one (the size of
+            # the correction that made it was not kept: its record has no step)
+            monitor = OverfitMonitor(self.monitor.patience, self.monitor.min_delta, self.monitor.rel_delta)
+            for record in result.history:
+                monitor.update(record.cycle, record.work, record.free)
+            return {
+                "x": result.x_last, "cycle": result.n_cycles, "history": list(result.history),
+                "alarms": list(result.alarms), "best_x": result.x_best,
+                "lowest_work": min(r.work for r in result.history),
+                "last_step": None, "prev_step": last.step,
+                "monitor": monitor.state_dict(), "problem": None,
+            }
         before = result.history[:-1]
         monitor = OverfitMonitor(self.monitor.patience, self.monitor.min_delta, self.monitor.rel_delta)
         for record in before:
             monitor.update(record.cycle, record.work, record.free)
-        last = result.history[-1]
         # the best model before the last cycle; if the last cycle was the best, its re-check makes it so
         best_x = result.x_best if result.best_cycle < last.cycle else result.x_last
         return {
@@ -254,18 +269,24 @@ class Refiner:
             )
         return None, ""
 
-    def _ask_callbacks(self, record: CycleRecord, x: Any) -> tuple[bool, str]:
-        """Show every callback the record; the first that asks to stop names the reason."""
-        asked, message = False, ""
+    def _ask_callbacks(self, record: CycleRecord, x: Any) -> tuple[Status | None, str]:
+        """Show every callback the record; the first that asks to stop names the status and reason
+        (``callback``, or the status of a :class:`StopRefinement` it raised)."""
+        status: Status | None = None
+        message = ""
         for cb in self.callbacks:
             try:
                 stop = cb.on_cycle(record, x)
             except StopIteration:
                 stop = True
-            if stop and not asked:
+            except StopRefinement as raised:  # a callback may end the run as a problem can
+                if status is None:
+                    status, message = raised.status, raised.message
+                continue
+            if stop and status is None:
                 name = getattr(cb, "name", type(cb).__name__)
-                asked, message = True, f"stopped by callback {name} at cycle {record.cycle}"
-        return asked, message
+                status, message = Status.CALLBACK, f"stopped by callback {name} at cycle {record.cycle}"
+        return status, message
 
 
 def refine(problem: Problem, **options: Any) -> RefinementResult:

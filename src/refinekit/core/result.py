@@ -114,8 +114,12 @@ class RefinementResult:
         return self.history[-1]
 
     # ------------------------------------------------------------------ output
+    def _kept_or_none(self) -> CycleRecord | None:
+        # a run whose first check stopped it (StopRefinement) has no record at all
+        return self.history[self.kept_cycle] if self.history else None
+
     def to_dict(self) -> dict[str, Any]:
-        kept = self.kept
+        kept = self._kept_or_none()
         out: dict[str, Any] = {
             "status": self.status.label,
             "success": self.success,
@@ -123,11 +127,11 @@ class RefinementResult:
             "n_cycles": self.n_cycles,
             "best_cycle": self.best_cycle,
             "kept_cycle": self.kept_cycle,
-            "work": kept.work,
-            "free": kept.free,
+            "work": kept.work if kept else None,
+            "free": kept.free if kept else None,
             "alarms": [a.to_dict() for a in self.alarms],
         }
-        out.update(kept.figures)
+        out.update(kept.figures if kept else {})
         out.update(self.figures)
         out["history"] = [r.to_dict() for r in self.history]
         return out
@@ -139,16 +143,21 @@ class RefinementResult:
 
     def report(self, full: bool = False) -> str:
         """A brief text report (Ceres' BriefReport); ``full=True`` adds the per-cycle table."""
-        kept = self.kept
+        kept = self._kept_or_none()
         lines = [
             f"status      : {self.status.label} ({'success' if self.success else 'no success'})",
             f"message     : {self.message}",
             f"cycles      : {self.n_cycles}",
-            f"kept cycle  : {self.kept_cycle} (lowest free score at cycle {self.best_cycle})",
-            f"work score  : {_fmt(kept.work)}",
-            f"free score  : {_fmt(kept.free)}",
         ]
-        for key, value in {**kept.figures, **self.figures}.items():
+        if kept is None:
+            lines.append("kept cycle  : - (no model was checked)")
+        else:
+            lines += [
+                f"kept cycle  : {self.kept_cycle} (lowest free score at cycle {self.best_cycle})",
+                f"work score  : {_fmt(kept.work)}",
+                f"free score  : {_fmt(kept.free)}",
+            ]
+        for key, value in {**(kept.figures if kept else {}), **self.figures}.items():
             if isinstance(value, int | float | np.floating | np.integer):
                 lines.append(f"{key:<12}: {_fmt(value)}")
         for alarm in self.alarms:

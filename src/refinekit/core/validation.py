@@ -38,7 +38,19 @@ class FreeFlags:
         values = np.asarray(self.values)
         if values.ndim != 1:
             raise InputError("free flags must be a one-dimensional array")
-        object.__setattr__(self, "values", values.astype(np.int64, copy=False))
+        try:
+            if values.dtype.kind not in "biuf":  # strings, Python objects
+                values = values.astype(np.float64)
+            with np.errstate(invalid="ignore"):
+                flags = values.astype(np.int64, copy=False)
+            free_value = int(self.free_value)
+        except (TypeError, ValueError, OverflowError):
+            raise InputError("free flags must be integers") from None
+        # a cast would truncate 0.5 to 0 and wrap NaN or huge values: flags are labels, never rounded
+        if not np.array_equal(flags, values) or free_value != self.free_value:
+            raise InputError("free flags must be integers that fit in 64 bits")
+        object.__setattr__(self, "values", flags)
+        object.__setattr__(self, "free_value", free_value)
 
     def __len__(self) -> int:
         return self.values.size
@@ -78,12 +90,12 @@ class FreeFlags:
             raise InputError(f"cannot read free flags ({_reason(exc)})", path=path) from None
         if not lines or not lines[0].startswith("# refinekit free flags:"):
             raise InputError("not a refinekit free-flag file (header missing)", path=path)
-        header = dict(item.split("=", 1) for item in lines[0].split(":", 1)[1].split())
         try:
+            header = dict(item.split("=", 1) for item in lines[0].split(":", 1)[1].split())
             count = int(header["n"])
             free_value = int(header["free_value"])
             values = np.array([int(line) for line in lines[1:] if line.strip()], dtype=np.int64)
-        except (KeyError, ValueError):
+        except (KeyError, ValueError, OverflowError):  # a header item without '=', a flag > 2**63
             raise InputError("corrupt free-flag file", path=path) from None
         if values.size != count:
             raise InputError(f"truncated free-flag file: {values.size} flags, header says {count}",
@@ -196,11 +208,16 @@ class OverfitMonitor:
 
     The last condition keeps the alarm quiet on a right-sized model still on its way to the minimum,
     whose free score can wobble by chance while it stays below the work score.
+
+    Once a cycle has had a free score, cycles without one (a problem that scores the free set only
+    now and then) are passed over: a work score never competes with free scores.
     """
 
     def __init__(self, patience: int = 3, min_delta: float = 0.0, rel_delta: float = 1e-3) -> None:
         if patience < 1:
             raise InputError(f"patience must be at least 1, got {patience}")
+        if not (min_delta >= 0 and rel_delta >= 0):  # a negative margin fires on a flat free score
+            raise InputError(f"min_delta and rel_delta must be >= 0, got {min_delta} and {rel_delta}")
         self.patience = int(patience)
         self.min_delta = float(min_delta)
         self.rel_delta = float(rel_delta)
@@ -212,15 +229,21 @@ class OverfitMonitor:
         self.best_work = np.inf
         self.wait = 0
         self.alarm: Alarm | None = None
+        self.has_free = False  # whether the best score is a free score
 
     def _threshold(self) -> float:
         return max(self.min_delta, self.rel_delta * abs(self.best_score))
 
     def update(self, cycle: int, work: float, free: float | None) -> Alarm | None:
         """Take one cycle's scores; return the alarm at the cycle it fires, else None."""
+        if free is None and self.has_free:
+            return None
         score = work if free is None else free
-        if self.best_cycle is None or score < self.best_score:
+        # the first free score replaces a best work score: the two are different measures
+        first_free = free is not None and not self.has_free
+        if self.best_cycle is None or score < self.best_score or first_free:
             self.best_cycle, self.best_score, self.best_work = cycle, score, work
+            self.has_free = free is not None
             self.wait = 0
             return None
         self.wait += 1
@@ -243,7 +266,7 @@ class OverfitMonitor:
 
     def state_dict(self) -> dict:
         return dict(best_cycle=self.best_cycle, best_score=self.best_score,
-                    best_work=self.best_work, wait=self.wait, alarm=self.alarm)
+                    best_work=self.best_work, wait=self.wait, alarm=self.alarm, has_free=self.has_free)
 
     def load_state_dict(self, state: dict) -> None:
         for key, value in state.items():

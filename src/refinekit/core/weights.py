@@ -18,6 +18,7 @@ from .errors import InputError
 from .problem import Problem
 from .refiner import refine
 from .result import RefinementResult
+from .status import Status
 
 
 @dataclass(slots=True)
@@ -84,6 +85,10 @@ def choose_weight(
         key = round(log_w, 12)
         if key not in trials:
             res = refine(make_problem(w), max_cycles=max_cycles, **refine_options)
+            if not res.history:  # its first check stopped the run: nothing was scored
+                trials[key] = WeightTrial(w, math.nan, math.nan, {}, False, res.status.label)
+                results[w] = res
+                return math.inf
             best = res.best
             free = best.free if best.free is not None else best.work
             figures = {k: float(v) for k, v in best.figures.items() if k in bounds_}
@@ -98,8 +103,15 @@ def choose_weight(
     values = [trial(g) for g in grid]
     i = int(np.argmin(values))
     if not math.isfinite(values[i]):
-        chosen = min(trials.values(), key=lambda t: _excess(t, bounds_))
         ordered = sorted(trials.values(), key=lambda t: t.weight)
+        # a trial that broke down has no deviation figures, hence no excess: it must not win
+        sane = [t for t in ordered if _sane(t)]
+        if not sane:
+            return WeightChoice(ordered[0].weight, ordered,
+                                "every trial refinement broke down (none reached a finite free score in a "
+                                f"usable run); returned the lowest weight, {ordered[0].weight:.4g}, for "
+                                "want of any", results)
+        chosen = min(sane, key=lambda t: _excess(t, bounds_))
         return WeightChoice(chosen.weight, ordered,
                             "no weight kept the deviations within bounds; chose the one closest "
                             "to them", results)
@@ -126,6 +138,11 @@ def choose_weight(
         message += " within the deviation bounds " + ", ".join(f"{k} <= {v:g}"
                                                                 for k, v in bounds_.items())
     return WeightChoice(chosen.weight, ordered, message, results)
+
+
+def _sane(trial: WeightTrial) -> bool:
+    """Whether the trial ran sanely to a finite free score (whatever its deviations)."""
+    return Status[trial.status.upper()].usable and math.isfinite(trial.free)
 
 
 def _excess(trial: WeightTrial, bounds: Mapping[str, float]) -> float:
