@@ -1,5 +1,6 @@
 """Plug your own problem into the engine: a Jacobi iteration for a diagonally dominant system, with a
-free set of equations held out, a checkpoint every cycle, and a callback that prints progress.
+free set of equations held out, a callback that prints progress, and a checkpoint every cycle: the run
+is interrupted at cycle 10 and resumed from its checkpoint, ending exactly as an uninterrupted run.
 
     python examples/custom_problem.py
 """
@@ -42,11 +43,18 @@ def main() -> None:
         if record.cycle % 5 == 0:
             print(f"cycle {record.cycle:3d}  work {record.work:.3e}  free {record.free:.3e}")
 
+    options = {"xtol": 1e-12, "max_cycles": 200}
     with tempfile.TemporaryDirectory() as tmp:
-        result = refine(Jacobi(A, b), xtol=1e-12, max_cycles=200, callbacks=[show],
-                        checkpoint=Path(tmp) / "jacobi.ckpt")
+        checkpoint = Path(tmp) / "jacobi.ckpt"
+        # a callback returning True stops the run (status "callback"); the checkpoint has cycle 10
+        stopped = refine(Jacobi(A, b), callbacks=[show, lambda record: record.cycle >= 10],
+                         checkpoint=checkpoint, **options)
+        print(f"interrupted: {stopped.status.label} at cycle {stopped.n_cycles}; resuming")
+        result = refine(Jacobi(A, b), callbacks=[show], resume_from=checkpoint, **options)
     print(result.report())
     assert result.success and np.allclose(A @ result.x, b, atol=1e-9)
+    uninterrupted = refine(Jacobi(A, b), **options)
+    assert uninterrupted.n_cycles == result.n_cycles and np.array_equal(uninterrupted.x, result.x)
 
 
 if __name__ == "__main__":
