@@ -35,6 +35,16 @@ def frames(rendered: Rendered, tmp_path: Path) -> Path:
     return folder
 
 
+def test_fuse_json_without_depth_has_the_shared_fields(frames: Path, tmp_path: Path) -> None:
+    """Fusion alone runs no loop, but its JSON has every top-level field of the shared contract."""
+    res = invoke("focus", "fuse", frames, "-o", tmp_path / "fused.png", "--json")
+    assert res.exit_code == 0, res.stderr
+    data = json.loads(res.stdout)
+    shared = {"status", "success", "message", "n_cycles", "best_cycle", "kept_cycle", "work", "free",
+              "alarms", "history"}
+    assert shared <= set(data) and data["work"] is None and data["history"] == []
+
+
 def test_fuse_with_depth_writes_every_output(frames: Path, rendered: Rendered, tmp_path: Path) -> None:
     out, depth = tmp_path / "fused.png", tmp_path / "depth.tif"
     res = invoke("focus", "fuse", frames, "-o", out, "--depth", depth, "--zstep", "2.5", "--json")

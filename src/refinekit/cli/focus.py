@@ -186,7 +186,7 @@ def _contract(refinement: Any, figures: dict[str, Any], message: str) -> dict[st
     else:
         out = {"status": "converged", "success": True,
                "message": f"{message} (fusion only: no refinement loop)", "n_cycles": 0,
-               "best_cycle": 0, "kept_cycle": 0, "alarms": [], "history": []}
+               "best_cycle": 0, "kept_cycle": 0, "work": None, "free": None, "alarms": [], "history": []}
     history = out.pop("history")
     alarms = list(out.get("alarms", []))
     for key, value in figures.items():

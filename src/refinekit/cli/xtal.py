@@ -43,7 +43,7 @@ def refine_command(
     model: Path = typer.Argument(..., help="Model: PDB or mmCIF (gzip allowed)."),
     data: Path = typer.Argument(..., help="Reflections: MTZ or structure-factor mmCIF."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Output folder (default: <model>_refined "
-                                                                 "beside the current folder)."),
+                                                                 "in the current folder)."),
     cycles: int = typer.Option(10, "--cycles", help="At most this many refinement cycles."),
     target: str = typer.Option("ml", "--target", help="X-ray target: ml (sigma-A likelihood) or ls."),
     monlib: Path | None = typer.Option(None, "--monlib", help="CCP4 monomer library folder (default: "
@@ -67,7 +67,7 @@ def refine_command(
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON to stdout."),
 ) -> None:
     """Refine MODEL against DATA: coordinates and B-factors, restraints from the monomer library,
-    R_work/R_free every cycle, keep the best model by R_free."""
+    R_work/R_free every cycle; where the overfitting alarm fires, the best model by R_free is kept."""
     from ..core import InputError
     from ..xtal import prepare_refinement, write_outputs
     from ..xtal.api import output_stem

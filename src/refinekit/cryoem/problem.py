@@ -513,7 +513,7 @@ class ProjectionMatching(RefinementProblem):
             f"iteration {it}: {'global' if is_global else 'local'} search, resolution {resolution:.2f} A "
             f"(masked {figures['resolution_masked_a']:.2f}, "
             f"corrected {figures['resolution_corrected_a']:.2f}), "
-            f"median change {figures['median_angle_change_deg']:.2f} deg, z {figures['median_best_z']:.1f}, "
+            f"median change {figures['median_angle_change_deg']:.2f} deg, {_z_text(figures['median_best_z'])}"
             f"{figures['iteration_seconds']:.1f} s"
         )
         return RefinementState(
@@ -607,6 +607,11 @@ class ProjectionMatching(RefinementProblem):
             per_point = be.to_numpy((rr * rr + ri * ri).sum(0)).astype(np.float64)
             total += np.bincount(shells, weights=per_point, minlength=self.n_shells)
         return shell_mean(total, np.bincount(shells, minlength=self.n_shells) * index.size)
+
+
+def _z_text(z: float) -> str:
+    """The log's z-score (local iterations score no candidates against the noise: none to show)."""
+    return f"z {z:.1f}, " if math.isfinite(z) else ""
 
 
 def shell_mean(total: np.ndarray, count: np.ndarray) -> np.ndarray:
