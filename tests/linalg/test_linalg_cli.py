@@ -196,3 +196,14 @@ def test_right_hand_side_near_the_top_of_double_range(tmp_path):
     assert res.exit_code == 0, (res.stdout, res.stderr)
     assert json.loads(res.stdout)["success"] is True
     assert np.array_equal(np.load(out), [1e308, 1.0, 1.0])
+
+
+def test_sixteen_bit_on_a_sparse_matrix_names_the_file_and_the_way_out(tmp_path):
+    a = _write(tmp_path / "a.mtx", "%%MatrixMarket matrix coordinate real general\n2 2 2\n1 1 2.0\n2 2 4.0\n")
+    np.save(b := tmp_path / "b.npy", np.ones(2))
+    out = tmp_path / "x.npy"
+    assert_one_line_error(invoke(a, b, "-o", out, "--precision", "half"), str(a), "--dense")
+    assert not out.exists()
+    res = invoke(a, b, "-o", out, "--precision", "half", "--dense")
+    assert res.exit_code == 0, res.stderr
+    assert np.array_equal(np.load(out), [0.5, 0.25])

@@ -24,7 +24,8 @@ def solve_command(
     rhs: Path = typer.Argument(..., help="The right-hand side b (n values, or n rows of k columns)."),
     output: Path = typer.Option(..., "--output", "-o", help="Where to write x (.mtx or .npy)."),
     precision: str = typer.Option("auto", "--precision", "-p",
-                                  help="Factorization precision: auto, single, half, bfloat16, double."),
+                                  help="Factorization precision: auto, single, half, bfloat16 (dense A "
+                                       "only: a .npy, an array .mtx, or --dense), double."),
     method: str = typer.Option("auto", "--method", help="auto (IR, then GMRES-IR, then double), ir, "
                                                          "gmres-ir or double."),
     tol: float | None = typer.Option(None, "--tol", help="Relative correction at which refinement has "
@@ -62,6 +63,8 @@ def solve_command(
     except InputError as exc:
         if exc.path is None and str(exc).startswith("the matrix A"):  # singular, overflowing: name the file
             raise InputError(str(exc), path=matrix) from None
+        if exc.path is None and str(exc).startswith("a sparse matrix"):
+            raise InputError(f"{exc} (give --dense to factor it as a dense matrix)", path=matrix) from None
         raise
     if not result.trusted and result.status.success:
         raise InputError(f"A is singular to working precision: {result.alarms[-1].message}", path=matrix)
