@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 
 from refinekit.linalg import solve
 
 from .linalg_helpers import (
     REAL_MATRICES,
     U,
+    bounded_errors,
     few_small,
     forward_errors,
     load_real,
@@ -33,10 +35,12 @@ def check_honest(result, a, b, reference, *, numpy_error: float | None = None) -
     """The assertions every solve must pass; returns the normwise and componentwise errors."""
     x = np.asarray(result.x)
     normwise, componentwise = forward_errors(x, reference)
-    # the bounds bound the true error, success or not
+    # the bounds bound the true error, success or not, relative to the computed x as documented (and as
+    # LAPACK's FERR): where x is far off (a bound above 1), that differs from the error relative to x_true
+    of_x = bounded_errors(x, reference)
     assert result.forward_error_bound is not None
-    assert normwise <= result.forward_error_bound, (normwise, result.forward_error_bound, result.path)
-    assert componentwise <= result.componentwise_error_bound, (componentwise, result.componentwise_error_bound)
+    assert of_x[0] <= result.forward_error_bound, (of_x[0], result.forward_error_bound, result.path)
+    assert of_x[1] <= result.componentwise_error_bound, (of_x[1], result.componentwise_error_bound)
     if result.success:
         # never a false success: finite, backward stable, a bound that certifies at least one digit
         assert np.all(np.isfinite(x))
@@ -196,3 +200,59 @@ def test_a_doomed_gmres_ir_is_skipped_for_the_double_factorization():
     gmres = result.attempts[1]
     assert gmres.path == "gmres-ir" and gmres.status == "not_run" and "cancellation" in gmres.message
 
+
+
+@pytest.mark.parametrize("device", ["cpu", "sparse", "torch-cpu"])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_bounds_of_an_unconverged_low_precision_route_hold(device, seed):
+    """Plain refinement alone on kappa 1e12 (float32 factors do not contract): the bounds must not come
+    from those factors, which miss A^-1 by far more than the factor 2 that covers converged ones (they
+    gave 1.5 for an error of 16, 0.97 for an error of 166)."""
+    if device == "torch-cpu":
+        pytest.importorskip("torch")
+    a = with_condition(10, 1e12, seed=seed)
+    b = right_hand_side(a)
+    reference = reference_solution(a, b)
+    result = solve(sp.csr_array(a) if device == "sparse" else a, b, method="ir",
+                   device="cpu" if device == "sparse" else device)
+    assert not result.success
+    if np.all(np.isfinite(result.x)):
+        normwise, componentwise = bounded_errors(result.x, reference)
+        assert normwise <= result.forward_error_bound
+        assert componentwise <= result.componentwise_error_bound
+
+
+@pytest.mark.parametrize("device", ["cpu", "sparse", "torch-cpu"])
+def test_no_success_without_bounds_where_a_is_singular_to_working_precision(device):
+    """error_bounds=False: a condition estimate decides, after GMRES-IR as after the double LU (GMRES-IR
+    reaches a backward-stable x whatever kappa is; it, and sparse and torch double factors, had no
+    estimate, and success was reported with no correct digit)."""
+    if device == "torch-cpu":
+        pytest.importorskip("torch")
+
+    def solved(a: np.ndarray):
+        return solve(sp.csr_array(a) if device == "sparse" else a, right_hand_side(a), error_bounds=False,
+                     device="cpu" if device == "sparse" else device)
+
+    paths = set()
+    for seed in range(3):
+        result = solved(with_condition(8, 1e18, seed=seed))
+        paths.add(result.path)
+        assert not result.success
+        assert any(alarm.kind == "ill_conditioned" for alarm in result.alarms)
+    assert "gmres-ir" in paths
+    # ill-conditioned, not singular: both routes still succeed
+    assert solved(with_condition(8, 1e10, seed=3)).success
+    result = solved(few_small(300, 1e8, seed=8, count=3))
+    assert result.success and (result.path == "gmres-ir" or device == "sparse")
+
+
+def test_stack_without_bounds_fails_with_its_singular_member():
+    """A torch stack is one system: an ill-conditioned member fails it without bounds as with them."""
+    pytest.importorskip("torch")
+    rng = np.random.default_rng(6)
+    good = rng.standard_normal((6, 6)) + 3 * np.eye(6)
+    a = np.stack([good, with_condition(6, 1e18, seed=1), 2 * good])
+    for error_bounds in (True, False):
+        assert not solve(a, np.ones(6), device="torch-cpu", error_bounds=error_bounds).success
+        assert not solve(a, np.ones(6), error_bounds=error_bounds).success

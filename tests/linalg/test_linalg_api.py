@@ -141,6 +141,38 @@ def test_singular_matrix_raises(sparse):
         solve(np.array([[1.0, 1.0], [0.0, 0.0]]), np.ones(2))
 
 
+@pytest.mark.parametrize("kind", ["csr_array", "coo_matrix"])
+def test_complex_sparse_is_refused(kind):
+    """A complex sparse A was cast to float64: its imaginary part dropped, and success reported."""
+    a = getattr(sp, kind)(np.array([[2.0 + 1.0j, 0.0], [0.0, 1.0]]))
+    with pytest.raises(InputError, match="complex"):
+        solve(a, np.ones(2))
+
+
+def test_non_square_sparse_is_refused_as_such():
+    with pytest.raises(InputError, match="square"):  # it said "b has 3 rows but A is 4x4"
+        solve(sp.csr_array(np.ones((3, 4))), np.ones(3))
+
+
+@pytest.mark.parametrize(("a_shape", "b_shape"), [((0, 4, 4), (4,)), ((0, 4, 4), (4, 2)),
+                                                  ((3, 4, 4), (0, 1, 4, 1)), ((2, 0, 4, 4), (4,))])
+def test_empty_stacks_like_numpy(a_shape, b_shape):
+    """A stack of no systems is numpy's empty answer (it was a ValueError from max())."""
+    a, b = np.ones(a_shape) + np.eye(4), np.ones(b_shape)
+    result = solve(a, b)
+    expected = np.linalg.solve(a, b)
+    assert result.success and result.x.shape == expected.shape
+    # one figure per right-hand side: x's shape without its rows
+    per_rhs = expected.shape[:-1] if len(b_shape) == 1 else expected.shape[:-2] + expected.shape[-1:]
+    assert np.shape(result.forward_error_bounds) == np.shape(result.backward_errors) == per_rhs
+
+
+@pytest.mark.parametrize("device", ["cudafoo", "cuda:x", "cuda0"])
+def test_malformed_cuda_device_is_refused(device):
+    with pytest.raises(InputError, match="device must be"):  # torch's RuntimeError before
+        solve(np.eye(2), np.ones(2), device=device)
+
+
 # --------------------------------------------------------------------------- stop rules, routes
 def test_corrections_shrink_until_they_stop_shrinking():
     a = with_condition(150, 1e5, seed=5)

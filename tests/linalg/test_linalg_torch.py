@@ -96,6 +96,33 @@ def test_bad_torch_input():
             solve(np.eye(2), np.ones(2), device="cuda")
 
 
+def test_odd_torch_input_is_refused_like_numpy_input():
+    """A stack of right-hand sides for one matrix is refused as on the CPU (it was solved there and
+    refused here); sparse tensors, meta tensors and scipy.sparse matrices raise InputError, not torch's
+    RuntimeError or "dtype object"."""
+    import scipy.sparse as sp
+
+    from refinekit.core import InputError
+
+    for device in (DEVICE, "cpu"):
+        with pytest.raises(InputError, match="stack"):
+            solve(np.eye(3) * 2, np.ones((2, 3, 1)), device=device)
+    with pytest.raises(InputError, match="sparse tensor"):
+        solve(torch.eye(3, dtype=torch.float64).to_sparse(), torch.ones(3))
+    with pytest.raises(InputError, match="meta"):
+        solve(torch.eye(3, device="meta"), torch.ones(3))
+    with pytest.raises(InputError, match=r"scipy\.sparse"):
+        solve(sp.eye_array(3, format="csr"), np.ones(3), device=DEVICE)
+
+
+def test_empty_stack_of_tensors():
+    result = solve(torch.ones(0, 4, 4, dtype=torch.float64, device=TENSOR_DEVICE), torch.ones(4), device=DEVICE)
+    assert isinstance(result.x, torch.Tensor) and tuple(result.x.shape) == (0, 4)
+    assert result.success and np.shape(result.forward_error_bounds) == (0,)
+    result = solve(np.ones((2, 0, 4, 4)), np.ones((4, 2)), device=DEVICE)
+    assert result.x.shape == (2, 0, 4, 2) and np.shape(result.backward_errors) == (2, 0, 2)
+
+
 def test_backward_errors_agree_with_numpy_on_nan_and_zero_columns():
     """NaN in x and r is an Inf backward error on both backends (never 0, which reads as converged);
     a zero column of b solved by x = 0 is exact (0)."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,7 +25,15 @@ from .bounds import componentwise_backward_errors
 from .bounds import error_bounds as compute_error_bounds
 from .precision import DOUBLE_EPS, UNIT_ROUNDOFF, resolve_precision
 from .problem import GmresCorrector, IterativeRefinementProblem, LUCorrector, gmres_budget
-from .systems import DenseSystem, FactorizationFailed, SparseSystem, converged_backward_error
+from .systems import (
+    DenseSystem,
+    FactorizationFailed,
+    Scaling,
+    SingularMatrixError,
+    SparseSystem,
+    converged_backward_error,
+    estimated_reciprocal_condition,
+)
 
 ROUTES = {"auto": ("ir", "gmres-ir", "double"), "ir": ("ir",), "gmres-ir": ("gmres-ir",),
           "double": ("double",)}
@@ -231,9 +240,13 @@ def solve(
                            method=method, error_bounds=error_bounds, callbacks=callbacks)
     if _is_sparse(A):
         precision = resolve_precision(precision, device="cpu", sparse=True)
-        b_array, vector = _right_hand_side(b, A.shape, batch=())
-        if A.shape[0] != A.shape[1]:
+        if A.shape[0] != A.shape[1]:  # before b, whose rows are checked against A's order
             raise InputError(f"A must be square, got shape {A.shape[0]}x{A.shape[1]}")
+        if A.dtype.kind not in "biuf":  # a cast to float64 would drop an imaginary part silently
+            if A.dtype.kind == "c":
+                raise InputError("complex matrices are not supported (A is complex)")
+            raise InputError(f"A must be numeric, got dtype {A.dtype}")
+        b_array, vector = _right_hand_side(b, A.shape, batch=())
         system = SparseSystem(A, b_array, precision)
         return _solve_system(system, precision, tol, max_iter, method, error_bounds, callbacks, vector)
     precision = resolve_precision(precision, device="cpu", sparse=False)
@@ -245,6 +258,8 @@ def solve(
         system = DenseSystem(np.ascontiguousarray(a), b_array, precision)
         return _solve_system(system, precision, tol, max_iter, method, error_bounds, callbacks, vector)
     shape = np.broadcast_shapes(batch, b_array.shape[:-2])
+    if math.prod(shape) == 0:
+        return empty_stack(shape, n, b_array.shape[-1], precision, error_bounds, vector, "cpu")
     a_stack = np.broadcast_to(a, (*shape, n, n)).reshape(-1, n, n)
     b_stack = np.broadcast_to(b_array, (*shape, *b_array.shape[-2:])).reshape(-1, *b_array.shape[-2:])
     items = [
@@ -274,11 +289,11 @@ def _device_name(A: Any, device: str) -> str:
     if not isinstance(device, str):
         device = str(device)
     device = device.lower()
-    if type(A).__module__.startswith("torch"):  # a tensor stays on its device unless told otherwise
-        return device if device != "cpu" else "torch-cpu"
+    if type(A).__module__.startswith("torch") and device == "cpu":
+        return "torch-cpu"  # a tensor stays on its device unless told otherwise
     if device == "cpu":
         return "cpu"
-    if device == "torch-cpu" or device.startswith("cuda"):
+    if device == "torch-cpu" or re.fullmatch(r"cuda(:\d+)?", device):
         return device
     raise InputError(f"device must be 'cpu', 'torch-cpu' or 'cuda[:N]', got {device!r}")
 
@@ -433,20 +448,23 @@ def _solve_system(system: Any, precision: str, tol: float, max_iter: int | None,
     omega = normwise = componentwise = None
     trusted = True
     if error_bounds:
-        omega, normwise, componentwise = _bounds(system, x, r, corrector)
+        # low-precision LU factors apply A^-1 to within a half only where their refinement converged;
+        # where it did not, they may be off by far more, and only a double factorization bounds x
+        exact_inverse = chosen is None and corrector.route == "ir"
+        omega, normwise, componentwise = _bounds(system, x, r, corrector, exact_inverse)
         omega, normwise, componentwise = (v.reshape(eta_shape) for v in (omega, normwise, componentwise))
         if not np.all(normwise < 1.0):
             trusted = False
             alarms.append(Alarm("ill_conditioned", None, (
                 f"normwise forward-error bound {np.max(normwise):.2g} >= 1: no digit of x is certain "
                 f"(A is singular or nearly so to working precision)")))
-    elif (corrector.route == "double" and hasattr(corrector.factors, "reciprocal_condition")
-          and _largest_step(attempts) >= 1e-8):
-        # without bounds, LAPACK's condition estimate (about ten triangular solves) decides whether A
-        # is singular to working precision; it is skipped where the double LU's own correction was
-        # below 1e-8: the rounding noise in a residual excites every direction of A^-1, so kappa * u
-        # would have shown as a correction of order 1/sqrt(n) or more
-        rcond = corrector.factors.reciprocal_condition(system.scaled_norm_inf())
+    elif corrector.route == "gmres-ir" or (corrector.route == "double" and _largest_step(attempts) >= 1e-8):
+        # without bounds, a condition estimate (about ten solves) decides whether A is singular to
+        # working precision. GMRES-IR reaches a backward-stable x however ill-conditioned A is, so it
+        # always needs one; the double LU's is skipped where its own correction was below 1e-8: the
+        # rounding noise in a residual excites every direction of A^-1, so kappa * u would have shown
+        # as a correction of order 1/sqrt(n) or more
+        rcond = _reciprocal_condition(system, corrector)
         if rcond < DOUBLE_EPS:
             trusted = False
             alarms.append(Alarm("ill_conditioned", None, (
@@ -456,9 +474,41 @@ def _solve_system(system: Any, precision: str, tol: float, max_iter: int | None,
                    componentwise, vector, device, trusted=trusted)
 
 
-def _bounds(system: Any, x: Any, r: Any, corrector: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _reciprocal_condition(system: Any, corrector: Any) -> float:
+    """An estimate of ``1 / kappa_inf(R A C)`` (the scaled matrix): from the double factors (LAPACK's
+    xGECON for dense ones), or from GMRES-IR's solves to relative residual 1e-3 (its low-precision
+    factors alone say nothing where A is nearly singular), or, where one of those stopped short, from a
+    double factorization."""
+    norm = system.scaled_norm_inf()
+    if not isinstance(corrector, GmresCorrector):
+        return float(corrector.factors.reciprocal_condition(norm))
+    scaling = system.scaling
+    # (R A C)^-1 = C^-1 A^-1 R^-1 and (R A C)^-T = R^-1 A^-T C^-1 (powers of two: exact inverses)
+    inverse = Scaling(None if scaling.row is None else 1.0 / scaling.row,
+                      None if scaling.col is None else 1.0 / scaling.col)
+
+    def solve(v: np.ndarray, transposed: bool = False) -> np.ndarray:
+        u = system.from_numpy(v)
+        if transposed:
+            out = inverse.transpose_from_scaled(corrector.solve_transpose(inverse.transpose_to_scaled(u)))
+        else:
+            out = inverse.from_scaled(corrector.solve(inverse.to_scaled(u), tol=1e-3))
+        return system.to_numpy(out)
+
+    rcond = estimated_reciprocal_condition(solve, system.n, float(np.max(norm)))
+    if corrector.bound_solves_converged:
+        return rcond
+    try:
+        return float(system.factor_double().reciprocal_condition(norm))
+    except SingularMatrixError:
+        return 0.0
+
+
+def _bounds(system: Any, x: Any, r: Any, corrector: Any, exact_inverse: bool = False
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Componentwise backward errors and the two forward-error bounds, system by system (on the host;
-    the solves run where the factors are)."""
+    the solves run where the factors are). ``exact_inverse``: apply ``A^-1`` through a double
+    factorization, not through ``corrector`` (whose factors did not converge)."""
     views = system.items(x, r, corrector) if hasattr(system, "items") else [(system, x, r, corrector)]
     omegas, normwises, componentwises = [], [], []
     for sys_i, x_i, r_i, cor_i in views:
@@ -470,15 +520,30 @@ def _bounds(system: Any, x: Any, r: Any, corrector: Any) -> tuple[np.ndarray, np
         options = {"tol": 1e-3} if isinstance(cor_i, GmresCorrector) else {}
         # low-precision factors apply A^-1 only to within the contraction refinement showed (< 1/2)
         inflation = 1.0 if cor_i.route == "double" else 2.0
+        if exact_inverse:
+            normwise, componentwise = _exact_bounds(sys_i, host)
+            normwises.append(normwise)
+            componentwises.append(componentwise)
+            continue
         normwise, componentwise = _bounds_through(sys_i, cor_i, host, inflation, **options)
         if isinstance(cor_i, GmresCorrector) and not cor_i.bound_solves_converged:
             # a GMRES solve of the estimator stopped short of its tolerance: its A^-1 is not to be
             # trusted for a bound, a double factorization's is (rare, and then worth its cost)
-            exact = LUCorrector(sys_i, sys_i.factor_double(), "double")
-            normwise, componentwise = _bounds_through(sys_i, exact, host, 1.0)
+            normwise, componentwise = _exact_bounds(sys_i, host)
         normwises.append(normwise)
         componentwises.append(componentwise)
     return np.concatenate(omegas), np.concatenate(normwises), np.concatenate(componentwises)
+
+
+def _exact_bounds(system: Any, host: tuple) -> tuple[np.ndarray, np.ndarray]:
+    """The two forward-error bounds with ``A^-1`` applied by a double factorization; infinite where
+    ``A`` is exactly singular in double (no digit of ``x`` can then be certified)."""
+    try:
+        exact = LUCorrector(system, system.factor_double(), "double")
+    except SingularMatrixError:
+        infinite = np.full(host[0].shape[-1], np.inf)
+        return infinite, infinite.copy()
+    return _bounds_through(system, exact, host, 1.0)
 
 
 def _bounds_through(system: Any, corrector: Any, host: tuple, inflation: float, **options: Any
@@ -609,6 +674,15 @@ def _result(x: Any, status: Status, message: str, attempts: list[Attempt], alarm
         forward_error_bounds=shaped(normwise), componentwise_error_bounds=shaped(componentwise),
         trusted=trusted,
     )
+
+
+def empty_stack(shape: tuple[int, ...], n: int, k: int, precision: str, error_bounds: bool, vector: bool,
+                device: str) -> SolveResult:
+    """The result for a stack of no systems (a zero in ``shape``), as numpy gives it: ``x`` empty."""
+    empty = np.zeros((*shape, k))
+    return _result(np.zeros((*shape, n, k)), Status.CONVERGED, "converged: an empty stack", [], [], "double",
+                   precision, empty, empty, empty if error_bounds else None, empty if error_bounds else None,
+                   vector, device)
 
 
 def combine_batch(items: list[SolveResult], batch_shape: tuple[int, ...]) -> SolveResult:

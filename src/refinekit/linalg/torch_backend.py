@@ -25,7 +25,14 @@ import numpy as np
 
 from ..core import InputError
 from .precision import UNIT_ROUNDOFF, resolve_precision
-from .systems import SCALE_EXPONENTS, FactorizationFailed, Scaling, SingularMatrixError, rigal_gaches
+from .systems import (
+    SCALE_EXPONENTS,
+    FactorizationFailed,
+    Scaling,
+    SingularMatrixError,
+    estimated_reciprocal_condition,
+    rigal_gaches,
+)
 
 #: Column block of the blocked LU: panels this wide are factored in float32.
 DEFAULT_BLOCK = 256
@@ -53,6 +60,8 @@ def solve_torch(A: Any, b: Any, *, precision: str, device: str, tol: float, max_
         target = torch.device(device)
         if target.type == "cuda" and not torch.cuda.is_available():
             raise InputError(f"device={device!r}, but torch sees no CUDA device")
+    if target.type not in ("cpu", "cuda"):
+        raise InputError(f"A is a tensor on device {str(target)!r}: only 'cpu' and 'cuda' tensors are solved")
     precision = resolve_precision(precision, device="cuda", sparse=False)
     a = _as_float64(A, target, "A")
     if a.ndim < 2 or a.shape[-1] != a.shape[-2]:
@@ -69,12 +78,21 @@ def solve_torch(A: Any, b: Any, *, precision: str, device: str, tol: float, max_
     if not bool(torch.isfinite(rhs).all()):
         raise InputError("the right-hand side b contains NaN or Inf")
     batch = tuple(a.shape[:-2])
-    if batch or rhs.ndim > 2:
+    if not batch and rhs.ndim > 2:  # as on the CPU
+        raise InputError(f"b has shape {tuple(rhs.shape)}: a stack of right-hand sides needs a stack of "
+                         f"matrices")
+    if batch:
         try:
             shape = tuple(torch.broadcast_shapes(batch, tuple(rhs.shape[:-2])))
         except RuntimeError:
             raise InputError(f"the stacks of A {tuple(a.shape)} and b {tuple(rhs.shape)} "
                              f"do not broadcast") from None
+        if math.prod(shape) == 0:
+            from .api import empty_stack
+
+            result = empty_stack(shape, n, rhs.shape[-1], precision, error_bounds, vector, str(target))
+            result.x = torch.as_tensor(result.x, device=target) if return_tensor else result.x
+            return result
         a = a.expand(*shape, n, n).reshape(-1, n, n)
         rhs = rhs.expand(*shape, *rhs.shape[-2:]).reshape(-1, *rhs.shape[-2:])
     else:
@@ -97,10 +115,15 @@ def solve_torch(A: Any, b: Any, *, precision: str, device: str, tol: float, max_
 def _as_float64(value: Any, device: Any, name: str) -> Any:
     torch = _torch()
     if isinstance(value, torch.Tensor):
+        if value.layout != torch.strided:
+            raise InputError(f"{name} is a sparse tensor ({value.layout}): pass a dense tensor, or a "
+                             f"scipy.sparse matrix with device='cpu'")
         if value.is_complex():
             raise InputError(f"complex {'matrices' if name == 'A' else 'right-hand sides'} are not supported "
                              f"({name} is complex)")
         return value.to(device=device, dtype=torch.float64)
+    if type(value).__module__.startswith("scipy.sparse"):
+        raise InputError(f"{name} is a scipy.sparse matrix: it is solved with SuperLU on device='cpu'")
     array = np.asarray(value)
     if array.dtype.kind == "c":
         raise InputError(f"complex {'matrices' if name == 'A' else 'right-hand sides'} are not supported "
@@ -164,6 +187,22 @@ class TorchLU:
         if scale is not None:
             out = out / scale
         return out * self.multiplier if self.multiplier != 1.0 else out
+
+    def reciprocal_condition(self, norm_inf: Any) -> float:
+        """The smallest over a stack of the estimates of ``1 / kappa_inf(A_s)`` (``norm_inf``:
+        ``||A_s||_inf`` of each matrix; see
+        :func:`refinekit.linalg.systems.estimated_reciprocal_condition`)."""
+        torch = _torch()
+        norms = np.atleast_1d(np.asarray(norm_inf, dtype=np.float64))
+        stack = [self.item(i) for i in range(self.lu.shape[0])] if self.lu.ndim == 3 else [self]
+        lowest = math.inf
+        for factors, norm in zip(stack, norms, strict=True):
+            def solve(v: np.ndarray, transposed: bool = False, factors: TorchLU = factors) -> np.ndarray:
+                out = factors.solve(torch.as_tensor(v, device=factors.lu.device), transposed=transposed)
+                return out.detach().cpu().numpy()
+
+            lowest = min(lowest, estimated_reciprocal_condition(solve, self.lu.shape[-1], float(norm)))
+        return lowest
 
 
 def _column_scale(v: Any) -> Any:
@@ -353,6 +392,10 @@ class TorchSystem:
         if bool((info > 0).any()):
             raise SingularMatrixError("the matrix A is singular: exact zero pivot in the double-precision LU")
         return TorchLU(lu, "double", pivots=pivots)
+
+    def scaled_norm_inf(self) -> np.ndarray:
+        """``||R A C||_inf`` of each matrix (for the condition estimate of the double factors)."""
+        return self.to_numpy(self._scaled().abs().sum(-1).amax(-1))
 
     # ---------------------------------------------------------------- operations
     def residual(self, x: Any) -> Any:
