@@ -21,33 +21,14 @@ from refinekit.core import (
     refine,
 )
 
-
-class Trajectory(RefinementProblem):
-    """Scores read from lists, one per cycle; the model is the cycle number."""
-
-    def __init__(self, work, free=None):
-        self.work, self.free = list(work), free
-
-    def initial(self):
-        return np.array([0.0])
-
-    def check(self, x):
-        k = int(x[0])
-        return Scores(work=self.work[k], free=None if self.free is None else self.free[k])
-
-    def correct(self, x, scores):
-        return np.array([1.0])
-
-    def step_size(self, x, step):
-        return 1.0
-
+from .test_refiner import Scripted
 
 WORK = [1.0, 0.8, 0.6, 0.5, 0.45, 0.40, 0.35, 0.3, 0.25]
 FREE = [1.1, 0.9, 0.7, 0.72, 0.75, 0.80, 0.85, 0.9, 0.95]
 
 
 def test_a_run_that_checked_no_model_still_reports_and_writes_json():
-    class StopsAtOnce(Trajectory):
+    class StopsAtOnce(Scripted):
         def check(self, x):
             raise StopRefinement(Status.NON_FINITE, "nothing could be checked")
 
@@ -63,7 +44,7 @@ def test_a_callback_raising_stop_refinement_ends_the_run_with_its_status():
         if record.cycle == 2:
             raise StopRefinement(Status.CONVERGED, "the callback saw enough")
 
-    result = refine(Trajectory(WORK, FREE), max_cycles=8, xtol=0, callbacks=[enough])
+    result = refine(Scripted(WORK, FREE), max_cycles=8, xtol=0, callbacks=[enough])
     assert result.status is Status.CONVERGED and result.message == "the callback saw enough"
     assert result.n_cycles == 2 and result.x[0] == 2.0
 
@@ -71,7 +52,7 @@ def test_a_callback_raising_stop_refinement_ends_the_run_with_its_status():
 def test_cycles_without_a_free_score_do_not_compete_with_those_that_have_one():
     # the free set is scored on even cycles only: work scores on odd cycles must not become "best"
     free = [f if k % 2 == 0 else None for k, f in enumerate(FREE)]
-    result = refine(Trajectory(WORK, free), max_cycles=8, xtol=0)
+    result = refine(Scripted(WORK, free), max_cycles=8, xtol=0)
     assert result.best_cycle == result.kept_cycle == 2 and result.x[0] == 2.0
     # patience counts the cycles that had a free score: 4, 6 and 8
     assert result.status is Status.OVERFITTING and [a.cycle for a in result.alarms] == [8]
@@ -88,11 +69,11 @@ def test_negative_overfit_margins_are_refused():
     with pytest.raises(InputError, match="min_delta"):
         OverfitMonitor(min_delta=-0.01)
     with pytest.raises(InputError, match="rel_delta"):
-        refine(Trajectory(WORK, FREE), rel_delta=math.nan)
+        refine(Scripted(WORK, FREE), rel_delta=math.nan)
 
 
 def test_continuing_a_run_whose_check_stopped_it_labels_the_unchecked_model_correctly():
-    class Budget(Trajectory):
+    class Budget(Scripted):
         stopped = False
 
         def check(self, x):
