@@ -111,6 +111,14 @@ def _bad(case: str, folder: Path, tmp_path: Path) -> tuple[list[object], str]:
         return [*frames, empty, "-o", out], "empty file"
     if case == "overwrite":
         return [*frames, "-o", frames[0]], "overwrite the input"
+    if case == "symlink":
+        link = tmp_path / "link.png"
+        link.symlink_to(frames[0])
+        return [folder, "-o", link], "overwrite the input"
+    if case == "depth_symlink":
+        link = tmp_path / "d_confidence.tif"
+        link.symlink_to(frames[3])
+        return [folder, "-o", out, "--depth", tmp_path / "d.tif"], "overwrite the input"
     if case == "depth_format":
         return [*frames, "-o", out, "--depth", tmp_path / "depth.png"], ".tif"
     if case == "collision":
@@ -143,7 +151,7 @@ def _bad(case: str, folder: Path, tmp_path: Path) -> tuple[list[object], str]:
 
 @pytest.mark.parametrize("case", ["single", "sizes", "depths", "unreadable", "empty", "overwrite",
                                   "depth_format", "collision", "no_folder", "zstep", "jpeg16", "twice",
-                                  "nan", "weight_inf", "zstep_inf"])
+                                  "nan", "weight_inf", "zstep_inf", "symlink", "depth_symlink"])
 def test_bad_input_is_one_line_exit_2_nothing_written(case: str, frames: Path, tmp_path: Path) -> None:
     args, needle = _bad(case, frames, tmp_path)
     before = {p for p in tmp_path.rglob("*")}
@@ -154,6 +162,31 @@ def test_bad_input_is_one_line_exit_2_nothing_written(case: str, frames: Path, t
     assert len(lines) == 1 and lines[0].startswith("refinekit: error:") and needle in lines[0], lines
     assert {p for p in tmp_path.rglob("*")} == before
     assert all(p.read_bytes() == data for p, data in before_bytes.items())
+
+
+def test_a_full_disk_on_a_later_output_leaves_no_output(frames: Path, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fused image and the depth outputs are all or nothing: a disk that filled up on the third
+    file left the fused image and the depth map of a failed run behind."""
+    import errno
+    import os
+
+    import refinekit.core.atomic as atomic
+
+    real_fsync, calls = os.fsync, []
+
+    def fsync(fd: int) -> None:
+        calls.append(fd)
+        if len(calls) == 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_fsync(fd)
+
+    monkeypatch.setattr(atomic.os, "fsync", fsync)
+    out = tmp_path / "out"
+    out.mkdir()
+    res = invoke("focus", "fuse", frames, "-o", out / "fused.png", "--depth", out / "depth.tif")
+    assert res.exit_code == 1 and "no space left on device" in res.stderr, res.stderr
+    assert len(calls) >= 3 and list(out.iterdir()) == []
 
 
 def test_autofocus_of_a_featureless_stack_finds_no_focus(tmp_path: Path) -> None:

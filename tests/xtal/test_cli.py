@@ -357,3 +357,41 @@ def test_a_plot_that_fails_to_render_leaves_no_file(bundled, tmp_path, monkeypat
     with pytest.raises(OSError):
         write_plot(result, tmp_path / "plot.png")
     assert list(tmp_path.iterdir()) == []        # a plot.png.tmp.png was left before
+
+
+def test_a_full_disk_on_a_later_output_leaves_no_output_and_no_folder(bundled, tmp_path, monkeypatch):
+    """The five outputs are all or nothing: a disk that filled up on the MTZ (the third file) left the
+    mmCIF and the PDB of a failed run behind, in the folder the run had made."""
+    import errno
+    import os
+
+    import refinekit.core.atomic as atomic
+
+    real_fsync, calls = os.fsync, []
+
+    def fsync(fd: int) -> None:
+        calls.append(fd)
+        if len(calls) == 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_fsync(fd)
+
+    monkeypatch.setattr(atomic.os, "fsync", fsync)
+    out = tmp_path / "out"
+    res = runner.invoke(app, ["xtal", "refine", str(bundled / "5wkd.pdb"), str(bundled / "r5wkdsf.ent"),
+                              "-o", str(out), "--cycles", "0", "--weight", "2"])
+    assert res.exit_code == 1 and "no space left on device" in res.stderr, res.stderr
+    assert len(calls) >= 3 and not out.exists()
+    assert sorted(tmp_path.iterdir()) == []
+
+
+def test_a_symlinked_output_naming_an_input_is_refused(bundled, tmp_path):
+    model = tmp_path / "5wkd.pdb"
+    model.write_bytes((bundled / "5wkd.pdb").read_bytes())
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "5wkd_refined.pdb").symlink_to(model)
+    before = model.stat()
+    line = _one_line_error(runner.invoke(app, ["xtal", "refine", str(model), str(bundled / "r5wkdsf.ent"),
+                                               "-o", str(out), "--weight", "2"]))
+    assert "overwrite the input" in line and model.stat().st_mtime_ns == before.st_mtime_ns
+    assert [p.name for p in out.iterdir()] == ["5wkd_refined.pdb"]

@@ -75,10 +75,9 @@ def fuse_command(
     blobs = {output: _encode(result.fused_native(), output)}
     if depth is not None:
         blobs.update(_depth_outputs(result, depth))
-    from ..core.atomic import atomic_write_bytes
+    from ..core import atomic_write_files
 
-    for path, data in blobs.items():
-        atomic_write_bytes(path, data)
+    atomic_write_files(blobs)  # all or nothing: a full disk on the third file leaves none of them
     message = f"fused {len(result.order)} frames"
     if result.depth is not None:
         message += f"; depth map: {result.depth.summary()['message']}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 from pathlib import Path
 
@@ -98,8 +99,15 @@ def refine_command(
     if not result.usable:
         emit(result.to_dict(), result.report(), as_json)
         raise typer.Exit(exit_code(result))
+    made_dir = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
-    written = write_outputs(job, result, outputs, keep_hydrogens=write_hydrogens)
+    try:
+        written = write_outputs(job, result, outputs, keep_hydrogens=write_hydrogens)
+    except BaseException:
+        if made_dir:  # a command that fails writes nothing: not even the folder it made for its outputs
+            with contextlib.suppress(OSError):
+                out_dir.rmdir()
+        raise
     payload = result.to_dict()
     payload["outputs"] = {k: str(v) for k, v in written.items()}
     text = result.report() + "\n" + "\n".join(f"wrote       : {p}" for p in written.values())

@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import IO
 
@@ -50,3 +50,40 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     with atomic_write(path, "w", encoding="utf-8") as fh:
         fh.write(text)
+
+
+def atomic_write_files(files: Mapping[str | os.PathLike[str], bytes | str]) -> None:
+    """Write several files all or nothing: each to a temporary file beside its target (``str`` as
+    UTF-8), all synced, and only then all renamed into place. A failure (a full disk on the third
+    file, say) leaves none of them, and no temporary file.
+
+    >>> import tempfile, pathlib
+    >>> folder = pathlib.Path(tempfile.mkdtemp())
+    >>> atomic_write_files({folder / "a.txt": "A", folder / "b.bin": b"B"})
+    >>> sorted(p.name for p in folder.iterdir())
+    ['a.txt', 'b.bin']
+    """
+    staged: list[tuple[str, Path]] = []
+    renamed: list[Path] = []
+    try:
+        for path, data in files.items():
+            target = Path(path)
+            fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent or ".")
+            staged.append((tmp, target))
+            with os.fdopen(fd, "wb") as fh:
+                os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give what open() would have given
+                fh.write(data.encode("utf-8") if isinstance(data, str) else data)
+                fh.flush()
+                os.fsync(fh.fileno())
+        # every byte is on disk before the first rename: what fails from here on is a rename, rare
+        for tmp, target in staged:
+            os.replace(tmp, target)
+            renamed.append(target)
+    except BaseException:
+        for tmp, _ in staged:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        for target in renamed:  # a rename failed halfway: the outputs already in place go too
+            with contextlib.suppress(OSError):
+                os.unlink(target)
+        raise

@@ -24,17 +24,17 @@ from ..core import (
     WeightChoice,
     WeightTrial,
     atomic_write_bytes,
-    atomic_write_text,
+    atomic_write_files,
 )
 from ..core.result import _fmt, jsonable
 from ..core.weights import _excess
 from .io import (
     check_model_matches_data,
     load_monomer_library,
+    model_texts,
+    mtz_bytes,
     read_model,
     read_reflections,
-    write_model,
-    write_mtz,
 )
 from .model import AtomicModel
 from .problem import XtalRefinementProblem
@@ -298,12 +298,14 @@ def prepare_refinement(model_path: str | os.PathLike[str], data_path: str | os.P
 def write_outputs(job: RefinementJob, result: XtalRefinementResult, paths: dict[str, Path], *,
                   keep_hydrogens: bool = True) -> dict[str, Path]:
     """Write the refined model (mmCIF, PDB), the MTZ (data, free flags as read, 2mFo-DFc and mFo-DFc map
-    coefficients), the JSON and the plot, each atomically. Returns what was written."""
+    coefficients), the JSON and the plot, all or nothing: every file is made in memory first, then all
+    are written atomically together. Returns what was written."""
     st = result.structure.clone() if result.structure is not None else job.structure.clone()
     if not keep_hydrogens:
         st.remove_hydrogens()
     _annotate(st, result)
-    write_model(st, paths["mmcif"], paths["pdb"])
+    # a failure on the MTZ, the plot or a full disk must not leave the model files of a failed command
+    files: dict[str | os.PathLike[str], bytes | str] = dict(model_texts(st, paths["mmcif"], paths["pdb"]))
     coef = result.map_coefficients
     columns = {
         "FC": ("F", np.abs(coef["FC"])), "PHIC": ("P", np.degrees(np.angle(coef["FC"]))),
@@ -311,11 +313,12 @@ def write_outputs(job: RefinementJob, result: XtalRefinementResult, paths: dict[
         "DELFWT": ("F", np.abs(coef["DELFWT"])), "PHDELWT": ("P", np.degrees(np.angle(coef["DELFWT"]))),
         "FOM": ("W", coef["FOM"]),
     }
-    write_mtz(paths["mtz"], job.data, columns)
-    atomic_write_text(paths["json"], json.dumps(jsonable(result.to_dict()), indent=2, allow_nan=False) + "\n")
+    files[paths["mtz"]] = mtz_bytes(job.data, columns)
+    files[paths["json"]] = json.dumps(jsonable(result.to_dict()), indent=2, allow_nan=False) + "\n"
     plot_path = paths.get("plot")
     if plot_path is not None:
-        write_plot(result, plot_path, title=f"{job.model_path.name}: {result.status.label}")
+        files[plot_path] = plot_png(result, title=f"{job.model_path.name}: {result.status.label}")
+    atomic_write_files(files)
     return dict(paths)
 
 
@@ -347,21 +350,26 @@ def plot_r_factors(result: XtalRefinementResult, ax: Any = None, title: str | No
     return ax
 
 
-def write_plot(result: XtalRefinementResult, path: str | os.PathLike[str], title: str | None = None) -> None:
-    """:func:`plot_r_factors` as a PNG file, written atomically."""
+def plot_png(result: XtalRefinementResult, title: str | None = None) -> bytes:
+    """:func:`plot_r_factors` as the bytes of a PNG file (rendered in memory, the figure closed)."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
     ax = plot_r_factors(result, title=title)
-    # rendered in memory, then written atomically: a failed savefig leaves no partial file behind
     buffer = io.BytesIO()
     try:
         ax.figure.savefig(buffer, format="png", dpi=120)
     finally:
         plt.close(ax.figure)
-    atomic_write_bytes(path, buffer.getvalue())
+    return buffer.getvalue()
+
+
+def write_plot(result: XtalRefinementResult, path: str | os.PathLike[str], title: str | None = None) -> None:
+    """:func:`plot_r_factors` as a PNG file, written atomically."""
+    # rendered in memory, then written atomically: a failed savefig leaves no partial file behind
+    atomic_write_bytes(path, plot_png(result, title=title))
 
 
 def _annotate(st: gemmi.Structure, result: XtalRefinementResult) -> None:

@@ -12,8 +12,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+import gemmi
 import numpy as np
 
+from ..core.atomic import atomic_write_text
 from ..report import Section, figure_to_html, table_html
 from ..report.html import pre
 from .api import XtalRefinementResult, plot_r_factors, prepare_refinement, write_outputs
@@ -29,7 +31,8 @@ def _shaken_model(workdir: Path, rms: float = 0.3, seed: int = 5) -> Path:
     for cra in st[0].all():
         cra.atom.pos = cra.atom.pos + type(cra.atom.pos)(*rng.normal(0, rms / np.sqrt(3), 3))
     path = workdir / "5wkd_shaken.pdb"
-    st.write_pdb(str(path))
+    # atomically, like every output (gemmi's write_pdb writes in place, through a symbolic link too)
+    atomic_write_text(path, st.make_pdb_string(gemmi.PdbWriteOptions()))
     return path
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import gemmi
 import numpy as np
 
-from ..core import FreeFlags, InputError, KFold, atomic_write_bytes, atomic_write_text
+from ..core import FreeFlags, InputError, KFold
 from .reflections import ReflectionData, french_wilson, infer_free_convention
 
 #: amplitude columns that hold model values, never observations
@@ -393,22 +393,20 @@ def _find_free_column(mtz: gemmi.Mtz, label: str | None, path: Path) -> gemmi.Mt
 
 
 # ------------------------------------------------------------------------------------ writing
-def write_model(st: gemmi.Structure, cif_path: str | os.PathLike[str] | None,
-                pdb_path: str | os.PathLike[str] | None) -> None:
-    """Write ``st`` as mmCIF and/or PDB, atomically."""
+def model_texts(st: gemmi.Structure, cif_path: str | os.PathLike[str] | None,
+                pdb_path: str | os.PathLike[str] | None) -> dict[str | os.PathLike[str], str]:
+    """``st`` as mmCIF and/or PDB text, keyed by the path each is for (``None`` paths left out)."""
+    texts: dict[str | os.PathLike[str], str] = {}
     if cif_path is not None:
-        groups = gemmi.MmcifOutputGroups(True)
-        doc = st.make_mmcif_document(groups)
-        atomic_write_text(cif_path, doc.as_string())
+        texts[cif_path] = st.make_mmcif_document(gemmi.MmcifOutputGroups(True)).as_string()
     if pdb_path is not None:
-        options = gemmi.PdbWriteOptions()
-        atomic_write_text(pdb_path, st.make_pdb_string(options))
+        texts[pdb_path] = st.make_pdb_string(gemmi.PdbWriteOptions())
+    return texts
 
 
-def write_mtz(path: str | os.PathLike[str], data: ReflectionData, columns: dict[str, tuple[str, np.ndarray]]
-              ) -> None:
-    """Write the observations, the free flags (as read: every row, unchanged) and extra per-observation
-    ``columns`` (label -> (MTZ type, values for the observations)) to an MTZ file, atomically."""
+def mtz_bytes(data: ReflectionData, columns: dict[str, tuple[str, np.ndarray]]) -> bytes:
+    """The observations, the free flags (as read: every row, unchanged) and extra per-observation
+    ``columns`` (label -> (MTZ type, values for the observations)) as the bytes of an MTZ file."""
     src = data.mtz
     n = src.nreflections
     out = gemmi.Mtz(with_base=True)
@@ -440,7 +438,7 @@ def write_mtz(path: str | os.PathLike[str], data: ReflectionData, columns: dict[
         out.add_column(label, mtz_type)
     out.set_data(np.hstack(table))
     out.history = ["refinekit xtal refine"]
-    atomic_write_bytes(path, out.write_to_bytes())
+    return out.write_to_bytes()
 
 
 # ------------------------------------------------------------------------------------ helpers
