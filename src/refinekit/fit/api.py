@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import keyword
 import math
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -14,7 +15,7 @@ import numpy as np
 
 from ..core import FreeFlags, HoldOut, InputError, RefinementResult, Refiner, choose_weight
 from ..core.result import _fmt
-from .expression import Expression
+from .expression import CONSTANTS, FUNCTIONS, Expression
 from .parameters import Parameters
 from .problem import CurveFitProblem
 
@@ -36,6 +37,7 @@ class FitResult(RefinementResult):
     nfree: int = 0
     nvarys: int = 0
     model: str = ""
+    stderr_note: str = ""  # why the standard errors are undefined (n/a), where they are
 
     @property
     def chisqr(self) -> float:
@@ -65,6 +67,8 @@ class FitResult(RefinementResult):
             if p.vary and p.stderr is not None and p.value != 0:
                 rel = f" ({100 * abs(p.stderr / p.value):.3g}%)"
             lines.append(f"  {name:<{width}} = {p.value: .10g}  {err}{rel}")
+        if self.stderr_note:
+            lines.append(f"  (n/a: {self.stderr_note})")
         return "\n".join(line for line in lines if line)
 
     fit_report = report
@@ -121,8 +125,12 @@ def fit(
     params = params if isinstance(params, Parameters) else _as_parameters(params)
     if precision not in ("double", "extended"):
         raise InputError(f"precision must be 'double' or 'extended', got {precision!r}")
+    if not 0 <= free_fraction < 1:  # a negative or NaN fraction silently fitted every point
+        raise InputError(f"free_fraction must be in [0, 1), got {free_fraction!r}")
     dtype = np.longdouble if precision == "extended" else np.float64
-    columns = {k: np.asarray(v, dtype=dtype) for k, v in (data or {}).items()}
+    if data is not None and not isinstance(data, Mapping):
+        raise InputError("data must be a mapping of column names to arrays")
+    columns = {k: _real_array(v, f"data column {k!r}", dtype) for k, v in (data or {}).items()}
     y_name = "y"
     if y is None or isinstance(y, str):
         y_name = y or "y"
@@ -130,7 +138,7 @@ def fit(
             raise InputError(f"no response column {y_name!r} in the data (columns: {', '.join(columns)})")
         y_arr = columns.pop(y_name)
     else:
-        y_arr = np.asarray(y, dtype=dtype)
+        y_arr = _real_array(y, "the response", dtype)
     if y_arr.ndim != 1 or y_arr.size == 0:
         raise InputError("the response must be a non-empty one-dimensional array")
     n = y_arr.size
@@ -141,11 +149,14 @@ def fit(
         raise InputError("the response contains NaN or Inf")
     sigma_arr = None
     if sigma is not None:
-        sigma_arr = np.broadcast_to(np.asarray(sigma, dtype=float), (n,)).copy()
+        sigma_arr = _real_array(sigma, "sigma", np.float64)
+        if sigma_arr.shape not in ((), (1,), (n,)):  # broadcast_to raised numpy's ValueError
+            raise InputError(f"sigma has shape {sigma_arr.shape}: give one value or one per point ({n})")
+        sigma_arr = np.broadcast_to(sigma_arr, (n,)).copy()
         if not np.all(np.isfinite(sigma_arr) & (sigma_arr > 0)):
             raise InputError("sigma must be finite and positive at every point")
 
-    predict, jacobian, text = _compile(model, params, columns, x, n)
+    predict, jacobian, text = _compile(model, params, columns, x, n, dtype)
     names = params.varied
     if not names:
         raise InputError("no parameter is varied: nothing to fit")
@@ -181,8 +192,8 @@ def fit(
         weight_choice = choose_weight(lambda w: make_problem(initial_damping, w), bounds=(1e-4, 1e4),
                                       max_cycles=min(max_cycles, 200), xtol=xtol)
         prior_weight = weight_choice.weight
-    elif isinstance(prior_weight, str) or not prior_weight >= 0:
-        raise InputError(f"prior_weight must be a non-negative number or 'auto', got {prior_weight!r}")
+    elif isinstance(prior_weight, str) or not 0 <= prior_weight < math.inf:  # inf: every score non-finite
+        raise InputError(f"prior_weight must be a finite number >= 0 or 'auto', got {prior_weight!r}")
 
     def run(attempt: int) -> tuple[RefinementResult, CurveFitProblem]:
         problem = make_problem(initial_damping * 1e3**attempt, float(prior_weight))
@@ -213,10 +224,19 @@ def fit(
     covar = problem.covariance(result.x) if result.usable else None
     stderr = np.sqrt(np.diag(covar)) if covar is not None else None
     fitted = params.updated(np.asarray(result.x, dtype=float), stderr)
+    note = ""
+    if covar is None:
+        note = "the fit did not end with a usable result"
+    elif not np.all(np.isfinite(stderr)):  # say why rather than print a bare n/a
+        note = ("no degrees of freedom left: as many parameters as working points"
+                if problem.n_work <= len(names) else
+                "the Jacobian is rank-deficient (or not finite) at the fit: not every parameter is "
+                "determined by the data")
     return FitResult(
         **{f: getattr(result, f) for f in RefinementResult.__dataclass_fields__},
         params=fitted, covar=covar, free_flags=free_flags, ndata=n,
         nfree=int(free.sum()) if free is not None else 0, nvarys=len(names), model=text,
+        stderr_note=note,
     )
 
 
@@ -244,19 +264,52 @@ def _keep_checkpoint_of(checkpoint: Any, chosen: int, attempts: int) -> None:
 
 
 def _as_parameters(values: Mapping[str, float]) -> Parameters:
+    if not isinstance(values, Mapping):
+        raise InputError("params must be Parameters or a mapping of names to starting values")
     params = Parameters()
     for name, value in values.items():
         params.add(name, value)
     return params
 
 
+def _real_array(value: Any, what: str, dtype: Any) -> np.ndarray:
+    """``value`` as a real array of ``dtype``; complex input is refused (numpy would drop the imaginary
+    part with a mere warning), as is anything not numeric."""
+    try:
+        arr = np.asarray(value)
+        if np.iscomplexobj(arr):
+            raise InputError(f"{what} is complex: a fit needs real numbers")
+        return arr.astype(dtype)
+    except (TypeError, ValueError) as exc:
+        if isinstance(exc, InputError):
+            raise
+        raise InputError(f"{what} is not numeric ({exc})") from None
+
+
 def _compile(model: str | ModelFunction, params: Parameters, columns: dict[str, np.ndarray],
-             x: Any, n: int) -> tuple[Callable, Callable, str]:
+             x: Any, n: int, dtype: Any) -> tuple[Callable, Callable, str]:
     """Prediction and Jacobian functions of the varied-parameter vector (``n`` points)."""
     names = params.varied
     fixed = params.values_dict()
     if isinstance(model, str):
         expr = Expression(model)
+        if x is not None:  # the expression's column x; ignoring x= silently fitted another x
+            if "x" in columns:
+                raise InputError("x is given both as x= and as a data column: give it once")
+            columns = {**columns, "x": _real_array(x, "x", dtype)}
+            if columns["x"].shape != (n,):
+                raise InputError(f"x has shape {columns['x'].shape}, the response has {n} points")
+        reserved = sorted(nm for nm in params if nm in FUNCTIONS or nm in CONSTANTS or keyword.iskeyword(nm))
+        if reserved:  # the expression reads these as its functions/constants, never as the parameter
+            raise InputError(f"parameter name(s) {', '.join(reserved)} are reserved in model expressions "
+                             "(functions, constants, keywords): rename them")
+        clash = sorted(set(params) & set(columns))
+        if clash:  # the parameter silently won over the column
+            raise InputError(f"name(s) {', '.join(clash)} are both parameters and data columns")
+        shadowed = sorted(expr.constants & set(columns))
+        if shadowed:  # the model would read the constant, never the column
+            raise InputError(f"data column(s) {', '.join(shadowed)} share a name with a constant the "
+                             "model reads as such: rename the column")
         unknown = sorted(expr.names - set(params) - set(columns))
         if unknown:
             raise InputError(f"unknown name(s) in the model: {', '.join(unknown)} "
@@ -286,12 +339,26 @@ def _compile(model: str | ModelFunction, params: Parameters, columns: dict[str, 
     missing = [nm for nm in params if nm not in signature.parameters]
     if missing and not any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values()):
         raise InputError(f"parameter(s) {', '.join(missing)} are not arguments of {model.__name__}()")
+    if x is not None and columns:  # one of them would be silently ignored
+        raise InputError(f"x is given both as x= and as data column(s) {', '.join(columns)}: give it once")
     xs = x if x is not None else (columns if columns else None)
+    name = getattr(model, "__name__", "model")
 
     def predict_callable(v: np.ndarray) -> np.ndarray:
-        return np.asarray(model(xs, **{**fixed, **dict(zip(names, v, strict=True))}), dtype=float)
+        out = np.asarray(model(xs, **{**fixed, **dict(zip(names, v, strict=True))}))
+        if out.dtype.kind == "c":  # the cast to real would drop the imaginary part with a mere warning
+            raise InputError(f"{name}() returned complex values")
+        if out.dtype.kind not in "biuf":
+            raise InputError(f"{name}() returned {out.dtype} values, not real numbers")
+        # long double stays long double: precision="extended" must not be cut back to double here
+        out = out.astype(np.result_type(out.dtype, np.float64), copy=False)
+        if out.ndim == 0:  # a constant model predicts one value for every point, as an expression does
+            return np.broadcast_to(out, (n,))
+        if out.shape != (n,):
+            raise InputError(f"{name}() returned shape {out.shape} for {n} data points")
+        return out
 
-    return predict_callable, _central_difference(predict_callable), getattr(model, "__name__", "model")
+    return predict_callable, _central_difference(predict_callable), name
 
 
 def _complex_step(predict: Callable[[np.ndarray], np.ndarray], p: int) -> Callable:

@@ -10,6 +10,8 @@ double and complex arrays, so derivatives can be taken by the complex step.
 from __future__ import annotations
 
 import ast
+import math
+import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -37,6 +39,9 @@ FUNCTIONS: dict[str, Callable[..., Any]] = {
 }
 CONSTANTS = {"pi": np.pi, "e": np.e}
 MAX_LENGTH = 10_000
+# deepest nesting of operations accepted: building and evaluating the closures recurses once per level,
+# so a deeper tree would hit Python's recursion limit (at compile time, or worse, in the middle of a fit)
+MAX_DEPTH = 200
 
 _BINARY = {
     ast.Add: np.add, ast.Sub: np.subtract, ast.Mult: np.multiply, ast.Div: np.divide,
@@ -60,16 +65,23 @@ class Expression:
         if len(text) > MAX_LENGTH:
             raise InputError(f"the model expression is longer than {MAX_LENGTH} characters")
         self.text = text.strip()
+        # "^" means power, with power's precedence (Python would read it as xor, below "*")
+        self._source = self.text.replace("^", "**")
         try:
-            # "^" means power, with power's precedence (Python would read it as xor, below "*")
-            tree = ast.parse(self.text.replace("^", "**"), mode="eval")
+            with warnings.catch_warnings():  # "1and x": a SyntaxWarning line beside our own message
+                warnings.simplefilter("ignore", SyntaxWarning)
+                tree = ast.parse(self._source, mode="eval")
         except SyntaxError as exc:
-            raise InputError(f"model expression does not parse: {exc.msg} at column {exc.offset} "
-                             f"in {self.text!r}") from None
+            where = f" at column {exc.offset}" if exc.offset is not None else ""
+            raise InputError(f"model expression does not parse: {exc.msg}{where} in {self.text!r}") from None
+        except (RecursionError, MemoryError):  # the parser's own limits ("-"*5000 + "x")
+            raise InputError(f"model expression is nested too deeply (at most {MAX_DEPTH} levels)") from None
+        except ValueError as exc:  # null bytes, on Pythons that raise ValueError for them
+            raise InputError(f"model expression does not parse: {exc}") from None
         self.names: set[str] = set()
         self.constants: set[str] = set()  # the constants it reads (pi, e): never a data column
         self.uses_abs = False
-        self._root = self._build(tree.body)
+        self._root = self._build(tree.body, 0)
 
     def __call__(self, env: Mapping[str, Any]) -> Any:
         return self._root(env)
@@ -77,13 +89,25 @@ class Expression:
     def __repr__(self) -> str:
         return f"Expression({self.text!r})"
 
-    def _build(self, node: ast.AST) -> Node:
+    def _build(self, node: ast.AST, depth: int) -> Node:
+        if depth > MAX_DEPTH:
+            raise InputError(f"model expression is nested too deeply (at most {MAX_DEPTH} levels)")
+        depth += 1
         if isinstance(node, ast.Constant) and isinstance(node.value, int | float) \
                 and not isinstance(node.value, bool):
-            value = float(node.value)
+            try:
+                value = float(node.value)
+            except OverflowError:  # an integer literal beyond float's range
+                value = math.inf
+            if not math.isfinite(value):
+                number = self._segment(node) or ""
+                number = number if len(number) <= 20 else number[:17] + "..."
+                raise InputError(f"model expression: the number {number} is too large for a float")
             return lambda env: value
         if isinstance(node, ast.Name):
-            name = node.id
+            # the name as written: Python folds Unicode names (NFKC: micro sign to Greek mu, fullwidth
+            # letters to ASCII), which would no longer match the data column or parameter so spelled
+            name = self._segment(node) or node.id
             if name in CONSTANTS:
                 self.constants.add(name)
                 const = CONSTANTS[name]
@@ -94,10 +118,10 @@ class Expression:
             return lambda env: env[name]
         if isinstance(node, ast.BinOp) and type(node.op) in _BINARY:
             op = _BINARY[type(node.op)]
-            left, right = self._build(node.left), self._build(node.right)
+            left, right = self._build(node.left, depth), self._build(node.right, depth)
             return lambda env: op(left(env), right(env))
         if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub | ast.UAdd):
-            operand = self._build(node.operand)
+            operand = self._build(node.operand, depth)
             if isinstance(node.op, ast.USub):
                 return lambda env: np.negative(operand(env))
             return operand
@@ -112,10 +136,13 @@ class Expression:
                 raise InputError(f"model expression: {fname}() takes exactly one argument")
             func = FUNCTIONS[fname]
             self.uses_abs |= fname == "abs"
-            arg = self._build(node.args[0])
+            arg = self._build(node.args[0], depth)
             return lambda env: func(arg(env))
         what = type(node).__name__
         if isinstance(node, ast.BinOp):
             what = type(node.op).__name__
         raise InputError(f"model expression: {what} is not allowed (only numbers, names, + - * / ** ^ "
                          f"and functions) in {self.text!r}")
+
+    def _segment(self, node: ast.AST) -> str | None:
+        return ast.get_source_segment(self._source, node)

@@ -41,7 +41,7 @@ class Parameter:
     stderr: float | None = None
 
     def __post_init__(self) -> None:
-        if not _NAME.match(self.name):
+        if not isinstance(self.name, str) or not _NAME.fullmatch(self.name):  # match() takes "a\n"
             raise InputError(f"invalid parameter name {self.name!r}")
         if not math.isfinite(self.value):
             raise InputError(f"parameter {self.name}: starting value must be finite, got {self.value}")
@@ -64,12 +64,21 @@ class Parameters(Mapping[str, Parameter]):
     def __init__(self, params: Mapping[str, Parameter] | None = None) -> None:
         self._params: dict[str, Parameter] = dict(params or {})
 
-    def add(self, name: str, value: float, *, min: float = -math.inf, max: float = math.inf,
-            vary: bool = True, prior: Prior | tuple[float, float] | None = None) -> Parameters:
-        """Add (or replace) a parameter; returns self so that calls chain."""
-        if isinstance(prior, tuple):
-            prior = Prior(*map(float, prior))
-        self._params[name] = Parameter(name, float(value), float(min), float(max), bool(vary), prior)
+    def add(self, name: str, value: float, *, min: float | None = -math.inf,
+            max: float | None = math.inf, vary: bool = True,
+            prior: Prior | tuple[float, float] | None = None) -> Parameters:
+        """Add (or replace) a parameter; returns self so that calls chain. ``min``/``max`` of None mean
+        unbounded (lmfit's convention, and what :meth:`to_dict` writes for an infinite bound)."""
+        try:
+            if prior is not None and not isinstance(prior, Prior):  # any (mean, sigma) pair, e.g. a list
+                mean, sigma = prior
+                prior = Prior(float(mean), float(sigma))
+            lo = -math.inf if min is None else float(min)
+            hi = math.inf if max is None else float(max)
+            value = float(value)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise InputError(f"parameter {name}: {exc}") from None
+        self._params[name] = Parameter(name, value, lo, hi, bool(vary), prior)
         return self
 
     def __getitem__(self, name: str) -> Parameter:
@@ -140,6 +149,8 @@ def parse_param_spec(spec: str) -> Parameter:
         for option in options:
             key, _, arg = option.partition("=")
             key = key.strip().lower()
+            if ("vary" if key == "fixed" else key) in kwargs:  # "min=0,min=2" kept only the last
+                raise InputError(f"--param {spec!r}: option {key!r} is given twice")
             if key in ("min", "max"):
                 kwargs[key] = float(arg)
             elif key == "fixed" and not arg:

@@ -6,7 +6,8 @@ carries the step along curved valleys. Residuals are computed in the data's prec
 long double for ``precision="extended"``) and the step in float64: mixed-precision refinement, which
 lets a zero-residual fit reach the data's last digit. The damped system is solved
 through the SVD of the scaled Jacobian, so each new damping costs a matrix-vector product, not a
-factorization. Bounds are kept by projection.
+factorization. Bounds are kept by projection, a parameter pressed against its bound being held there
+for the step.
 """
 
 from __future__ import annotations
@@ -154,6 +155,14 @@ class CurveFitProblem(RefinementProblem):
         scale = np.where(self.scale > 0, self.scale, 1.0)
 
         gradient = jac.T @ r
+        # a parameter on a bound that the descent direction pushes outward is held there for this step
+        # (its column dropped): clipping the coupled full step instead zig-zags the others for
+        # thousands of cycles, and its gradient never vanishes to signal convergence
+        held = ((x <= self.lower) & (gradient > 0)) | ((x >= self.upper) & (gradient < 0))
+        if np.any(held):
+            jac = np.where(held, 0.0, jac)
+            gradient = np.where(held, 0.0, gradient)
+            column_norms = np.where(held, 0.0, column_norms)
         with np.errstate(divide="ignore", invalid="ignore"):
             cosines = np.abs(gradient) / (math.sqrt(cost) * column_norms)
         if np.nanmax(np.where(column_norms > 0, cosines, 0.0), initial=0.0) <= self.gtol:
@@ -165,7 +174,7 @@ class CurveFitProblem(RefinementProblem):
         x_norm = float(np.linalg.norm(scale * x))
         for _ in range(64):
             filt = s / (s * s + self.damping)
-            delta = -(vt.T @ (filt * u_r)) / scale
+            delta = np.where(held, 0.0, -(vt.T @ (filt * u_r)) / scale)
             step = delta
             if self.geodesic:
                 step = self._accelerate(x, r, jac, delta, u, filt, vt, scale)
