@@ -357,3 +357,63 @@ def test_refine_refuses_a_cuda_device_torch_does_not_have(dataset, tmp_path, mon
     out = tmp_path / "out"
     res = invoke(*refine_args(dataset, out), "--device", device, "--max-iterations", 1)
     expect_bad_input(res, before, dataset, out, needle)
+
+
+def posed_star(folder: Path, box: int, origin: float = 0.0) -> Path:
+    """Six particles of ``box`` pixels with angles, both halves and an origin of ``origin`` pixels."""
+    from .conftest import write_stack_and_star
+
+    images = np.random.default_rng(0).normal(size=(6, box, box)).astype(np.float32)
+    head = "data_\nloop_\n" + "".join(
+        f"_{c}\n"
+        for c in (
+            "rlnImageName rlnDefocusU rlnVoltage rlnSphericalAberration rlnAmplitudeContrast rlnPixelSize "
+            "rlnAngleRot rlnAngleTilt rlnAnglePsi rlnOriginX rlnOriginY rlnRandomSubset"
+        ).split()
+    )
+    rows = "".join(
+        f"{i + 1}@stack.mrcs 15000 300 2.7 0.1 2.0 {10 * i} {20 * i} 0 {origin} 0 {1 + i % 2}\n" for i in range(6)
+    )
+    return write_stack_and_star(folder, head + rows, images)
+
+
+@pytest.mark.parametrize(
+    ("box", "origin", "needle"), [(2, 0.0, "2 pixels across"), (16, 500.0, "origin (500, 0)")]
+)
+def test_reconstruct_refuses_tiny_images_and_origins_off_the_image(tmp_path, box, origin, needle):
+    """2-pixel images made a map and reported "FSC 0.143: 4.00 A"; an origin of 500 pixels in a 16-pixel
+    box (the Fourier shift wraps it round) made a map without a word."""
+    data = tmp_path / "data"
+    data.mkdir()
+    star = posed_star(data, box, origin)
+    before = snapshot(data)
+    res = invoke("cryoem", "reconstruct", star, "-o", data / "m.mrc")
+    expect_bad_input(res, before, data, data / "m.mrc", f"{star}: ")
+    assert needle in res.stderr
+
+
+def test_reconstruct_writes_the_map_and_half_maps_or_none(tmp_path, monkeypatch):
+    """A full disk on the second half map left the map and the first half map behind."""
+    import errno
+
+    import refinekit.cryoem
+
+    star = posed_star(tmp_path, 16)
+    real = refinekit.cryoem.write_map
+    calls = []
+
+    def fail_third(path, volume, pixel_size):
+        calls.append(path)
+        if len(calls) == 3:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        real(path, volume, pixel_size)
+
+    monkeypatch.setattr(refinekit.cryoem, "write_map", fail_third)
+    before = snapshot(tmp_path)
+    res = invoke("cryoem", "reconstruct", star, "-o", tmp_path / "m.mrc")
+    assert res.exit_code == 1 and "no space left" in res.stderr, res.stderr
+    assert len(calls) == 3 and snapshot(tmp_path) == before  # no map, no half map, no temporary file
+    monkeypatch.setattr(refinekit.cryoem, "write_map", real)
+    res = invoke("cryoem", "reconstruct", star, "-o", tmp_path / "m.mrc")
+    assert res.exit_code == 0, res.stderr
+    assert sorted(set(snapshot(tmp_path)) - set(before)) == ["m.mrc", "m_half_map_1.mrc", "m_half_map_2.mrc"]

@@ -105,3 +105,24 @@ def test_regularisation_from_fsc():
     assert lam[3] == pytest.approx(90.0)
     assert lam[4] == pytest.approx(10 / (0.001 / 0.999))
     assert np.all(regularisation_from_fsc(None, weight) == 0.5)
+
+
+def test_fsc_refuses_maps_it_cannot_measure():
+    """A NaN map gave FSC 0 in every shell (a resolution of one shell, no error); non-cubic maps were
+    IndexErrors; a negative pixel size a negative resolution."""
+    rng = np.random.default_rng(0)
+    v = rng.normal(size=(16, 16, 16))
+    broken = v.copy()
+    broken[3, 4, 5] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        fourier_shell_correlation(broken, v)
+    with pytest.raises(ValueError, match="NaN"):
+        gold_standard_fsc(v, broken, 2.0)
+    with pytest.raises(ValueError, match="cubic"):
+        fourier_shell_correlation(v[:, :, :8], v[:, :, :8])
+    with pytest.raises(ValueError, match="cubic"):
+        fourier_shell_correlation(v[0], v[0])
+    with pytest.raises(ValueError, match="pixel size"):
+        gold_standard_fsc(v, v, -1.0)
+    with pytest.raises(ValueError, match="mask"):
+        gold_standard_fsc(v, v, 1.0, mask=np.ones((8, 8, 8)))

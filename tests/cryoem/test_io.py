@@ -299,3 +299,41 @@ def test_mrc_whose_size_disagrees_with_its_header_is_refused(tmp_path):
     stack.write_bytes(stack.read_bytes()[:-10])
     with pytest.raises(InputError, match="particle stack is truncated"):
         read_particles(star)
+
+
+def test_simulation_outputs_are_all_or_none(tmp_path, monkeypatch):
+    """A failure on truth.mrc (a full disk) left particles.mrcs, particles.star and truth.star behind."""
+    import refinekit.cryoem.io as cryoem_io
+    from refinekit.cryoem import simulate_particles, write_simulation
+
+    volume = np.zeros((16, 16, 16))
+    volume[5:11, 6:10, 7:9] = 1.0
+    sim = simulate_particles(volume, 5.0, 4, 1.0, seed=0)
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(cryoem_io, "write_map", full_disk)
+    with pytest.raises(OSError, match="No space"):
+        write_simulation(tmp_path / "new", sim)
+    assert not (tmp_path / "new").exists()
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "truth.star").write_text("an older run's truth")
+    with pytest.raises(OSError, match="No space"):
+        write_simulation(old, sim)
+    assert [p.name for p in old.iterdir()] == ["truth.star"]
+    assert (old / "truth.star").read_text() == "an older run's truth"
+    monkeypatch.undo()
+    paths = write_simulation(old, sim)
+    assert sorted(p.name for p in old.iterdir()) == sorted(p.name for p in paths.values())
+    assert len(read_particles(paths["star"])) == 4  # the image names point at the final stack
+
+
+def test_write_map_refuses_nan(tmp_path):
+    """A NaN map was written without a word (and read_map then refused the file)."""
+    volume = np.ones((8, 8, 8), dtype=np.float32)
+    volume[2, 3, 4] = np.nan
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        write_map(tmp_path / "m.mrc", volume, 1.0)
+    assert list(tmp_path.iterdir()) == []

@@ -187,3 +187,84 @@ def test_random_rotations_are_uniform():
     # the angle of a uniform rotation has density (1 - cos t) / pi: mean angle pi/2 + 2/pi
     angles = np.radians(angular_distance(rotations, np.eye(3)))
     assert abs(angles.mean() - (np.pi / 2 + 2 / np.pi)) < 0.03
+
+
+@pytest.mark.parametrize(
+    ("options", "needle"),
+    [
+        ({"final_angle_step": 0.0}, "final_angle_step"),  # halved the local step forever: a hang
+        ({"final_angle_step": -1.0}, "final_angle_step"),
+        ({"max_shift": -1.0}, "max_shift"),  # ZeroDivisionError
+        ({"max_shift": float("nan")}, "max_shift"),  # cannot convert float NaN to integer
+        ({"max_shift": 100.0}, "max_shift"),
+        ({"resolution_tolerance": float("nan")}, "resolution_tolerance"),  # never converged, silently
+        ({"angle_tolerance": -1.0}, "angle_tolerance"),
+        ({"ambiguity_z": float("nan")}, "ambiguity_z"),
+        ({"max_iterations": float("nan")}, "max_iterations"),  # passed "< 1"
+        ({"global_order": 2.0}, "global_order"),  # TypeError in the HEALPix grid
+        ({"seed": -1}, "seed"),
+    ],
+)
+def test_out_of_range_options_are_refused(options, needle):
+    from refinekit.core import InputError
+
+    with pytest.raises(InputError, match=needle):
+        RefineOptions(**options).check(24, 8.0)
+    RefineOptions().check(24, 8.0)
+
+
+def test_reconstruction_refuses_poses_that_do_not_fit(emd1832_24):
+    """A reflection reconstructed the mirror image with a fine FSC; NaN origins made a NaN map; wrong
+    counts were IndexErrors; an origin off the image was wrapped round without a word."""
+    from refinekit.core import InputError
+
+    volume, pixel = emd1832_24
+    sim = simulate_particles(volume, pixel, 12, 1.0, seed=3)
+    stack = stack_from_simulation(sim, np.tile([1, 2], 6))
+    rotations, origins = sim.rotations.copy(), sim.origins.copy()
+    full, _, _ = reconstruct_particles(stack, rotations, origins)
+    assert np.all(np.isfinite(full))
+    for rot, org, needle in (
+        (-rotations, origins, "not a rotation"),
+        (2 * rotations, origins, "not a rotation"),
+        (rotations[:5], origins, "rotations of shape"),
+        (rotations, origins[:, :1], "origins of shape"),
+        (rotations, np.full_like(origins, np.nan), "NaN"),
+        (rotations, origins + 100, "more than half the 24-pixel box"),
+    ):
+        with pytest.raises(InputError, match=needle):
+            reconstruct_particles(stack, rot, org)
+    with pytest.raises(InputError, match="padding"):
+        reconstruct_particles(stack, rotations, origins, pad=0)
+    assert np.array_equal(rotations, sim.rotations) and np.array_equal(origins, sim.origins)
+
+
+def test_refinement_outputs_are_all_or_none(emd1832_24, tmp_path, monkeypatch):
+    """A failure on fsc.png (the 7th file) left four maps and particles.star in the folder, and
+    fsc.png.tmp.png."""
+    import matplotlib.figure
+
+    from refinekit.cryoem import read_particles, write_refinement, write_simulation
+
+    volume, pixel = emd1832_24
+    sim = simulate_particles(volume, pixel, 12, 1.0, seed=4)
+    write_simulation(tmp_path / "sim", sim)
+    stack = read_particles(tmp_path / "sim" / "particles.star")  # a STAR can name its images
+    result = refine_particles(stack, sim.volume, RefineOptions(max_iterations=1))
+
+    def broken(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", broken)
+    out = tmp_path / "out"
+    with pytest.raises(OSError, match="No space"):
+        write_refinement(out, result, stack)
+    assert not out.exists()
+    out.mkdir()
+    (out / "map.mrc").write_text("an older run's map")
+    with pytest.raises(OSError, match="No space"):
+        write_refinement(out, result, stack)
+    assert [p.name for p in out.iterdir()] == ["map.mrc"] and (out / "map.mrc").read_text() == "an older run's map"
+    monkeypatch.undo()
+    paths = write_refinement(out, result, stack)
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in paths.values())

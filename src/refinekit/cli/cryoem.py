@@ -257,9 +257,10 @@ def reconstruct_command(
     Where the STAR has both halves (rlnRandomSubset 1 and 2), OUT_half_map_1/2.mrc are written too and
     the FSC resolution is reported.
     """
-    from ..core import InputError
+    from ..core import InputError, atomic_outputs
     from ..cryoem import read_particles, reconstruct_particles, write_map
     from ..cryoem.preprocess import downsample_stack
+    from ..cryoem.problem import MIN_BOX
 
     if out.suffix.lower() not in (".mrc", ".map"):
         raise InputError("the output map must end in .mrc or .map", path=out)
@@ -271,12 +272,22 @@ def reconstruct_command(
         raise InputError(
             "no rlnAngleRot/rlnAngleTilt/rlnAnglePsi columns to reconstruct from", path=particles
         )
+    # a map of a few pixels has no shells to measure (a 2-pixel one reported "FSC 0.143: 4.00 A")
+    if stack.box < MIN_BOX:
+        raise InputError(
+            f"the images are {stack.box} pixels across: reconstruction needs at least {MIN_BOX}",
+            path=particles,
+        )
     if box is not None:
-        if not 8 <= box <= stack.box:
-            raise InputError(f"--box must be between 8 and the images' {stack.box} pixels, got {box}")
+        if not MIN_BOX <= box <= stack.box:
+            raise InputError(f"--box must be between {MIN_BOX} and the images' {stack.box} pixels, got {box}")
         stack = downsample_stack(stack, box)
     full, halves, fsc = reconstruct_particles(stack, device=device)
-    write_map(out, full, stack.pixel_size)
+    # the map and its half maps all or none: a full disk on a half map left the map alone
+    written = [out, *halves_out] if halves is not None else [out]
+    with atomic_outputs(written) as staged:
+        for path, volume in zip(staged, [full, *(halves or ())], strict=True):
+            write_map(path, volume, stack.pixel_size)
     payload: dict = {
         "map": str(out),
         "n_particles": len(stack),
@@ -285,8 +296,6 @@ def reconstruct_command(
     }
     text = f"reconstructed {len(stack)} particles ({stack.box} px, {stack.pixel_size:.4g} A/px) -> {out}"
     if halves is not None and fsc is not None:
-        for path, half in zip(halves_out, halves, strict=True):
-            write_map(path, half, stack.pixel_size)
         payload["half_maps"] = [str(p) for p in halves_out]
         payload["resolution_a"] = fsc.resolution("unmasked")
         text += (

@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO
 
@@ -52,10 +52,50 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
         fh.write(text)
 
 
+@contextlib.contextmanager
+def atomic_outputs(paths: Sequence[str | os.PathLike[str]]) -> Iterator[list[Path]]:
+    """Temporary paths beside ``paths`` (same suffixes, for writers that go by them) for a block to write
+    several outputs to, by any writer that takes a path. When the block succeeds, all are synced and
+    only then renamed over their targets; otherwise all are removed, so that a failure (a full disk on
+    the third file, an interrupt) leaves none of the new outputs rather than some of them beside older
+    ones. A rename failing halfway removes those already renamed.
+
+    >>> import tempfile, pathlib
+    >>> folder = pathlib.Path(tempfile.mkdtemp())
+    >>> with atomic_outputs([folder / "a.txt", folder / "b.txt"]) as (a, b):
+    ...     _ = a.write_text("A"), b.write_text("B")
+    >>> sorted(p.name for p in folder.iterdir())
+    ['a.txt', 'b.txt']
+    """
+    targets = [Path(p) for p in paths]
+    staged: list[Path] = []
+    renamed: list[Path] = []
+    try:
+        for target in targets:
+            fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f".tmp{target.suffix}",
+                                       dir=target.parent or ".")
+            os.close(fd)
+            staged.append(Path(tmp))
+        yield list(staged)
+        for tmp in staged:  # every byte on disk before the first rename: what can fail then is rare
+            os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give what open() would have given
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        for tmp, target in zip(staged, targets, strict=True):
+            os.replace(tmp, target)
+            renamed.append(target)
+    except BaseException:
+        for leftover in (*staged, *renamed):
+            with contextlib.suppress(OSError):
+                os.unlink(leftover)
+        raise
+
+
 def atomic_write_files(files: Mapping[str | os.PathLike[str], bytes | str]) -> None:
-    """Write several files all or nothing: each to a temporary file beside its target (``str`` as
-    UTF-8), all synced, and only then all renamed into place. A failure (a full disk on the third
-    file, say) leaves none of them, and no temporary file.
+    """Write several files all or nothing (``str`` as UTF-8), through :func:`atomic_outputs`.
 
     >>> import tempfile, pathlib
     >>> folder = pathlib.Path(tempfile.mkdtemp())
@@ -63,27 +103,6 @@ def atomic_write_files(files: Mapping[str | os.PathLike[str], bytes | str]) -> N
     >>> sorted(p.name for p in folder.iterdir())
     ['a.txt', 'b.bin']
     """
-    staged: list[tuple[str, Path]] = []
-    renamed: list[Path] = []
-    try:
-        for path, data in files.items():
-            target = Path(path)
-            fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent or ".")
-            staged.append((tmp, target))
-            with os.fdopen(fd, "wb") as fh:
-                os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give what open() would have given
-                fh.write(data.encode("utf-8") if isinstance(data, str) else data)
-                fh.flush()
-                os.fsync(fh.fileno())
-        # every byte is on disk before the first rename: what fails from here on is a rename, rare
-        for tmp, target in staged:
-            os.replace(tmp, target)
-            renamed.append(target)
-    except BaseException:
-        for tmp, _ in staged:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-        for target in renamed:  # a rename failed halfway: the outputs already in place go too
-            with contextlib.suppress(OSError):
-                os.unlink(target)
-        raise
+    with atomic_outputs(list(files)) as staged:
+        for tmp, data in zip(staged, files.values(), strict=True):
+            tmp.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)

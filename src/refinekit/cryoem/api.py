@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 from collections.abc import Callable, Iterable
@@ -11,13 +13,13 @@ from typing import Any
 
 import numpy as np
 
-from ..core import InputError, RefinementResult, Refiner
-from ..core.atomic import atomic_write_text
+from ..core import InputError, RefinementResult, Refiner, atomic_outputs
+from ..core.atomic import atomic_write_bytes, atomic_write_text
 from ..core.result import jsonable
 from .backend import Backend, get_backend
 from .fsc import FSCReport, fourier_shell_correlation, gold_standard_fsc
 from .io import ParticleStack, particles_star_blocks, write_map, write_star
-from .problem import IterationSummary, ProjectionMatching, RefinementState, RefineOptions
+from .problem import MIN_BOX, IterationSummary, ProjectionMatching, RefinementState, RefineOptions
 from .reconstruct import backproject_particles, reconstruct_halves, reconstruct_single
 from .search import ParticleTransforms
 
@@ -124,6 +126,7 @@ def reconstruct_particles(
     Where the particles carry both halves (``rlnRandomSubset``), the half maps and their FSC are made
     too and the full map is Wiener-regularised from that FSC; otherwise only a lightly regularised map.
     """
+    origins_source = stack.source if origins is None else None  # the file to name for a bad origin
     rotations = stack.rotations if rotations is None else rotations
     if rotations is None:
         raise InputError("the particles have no angles (rlnAngleRot/Tilt/Psi) to reconstruct from")
@@ -132,6 +135,14 @@ def reconstruct_particles(
         if origins is None and stack.origins is None
         else (stack.origins if origins is None else origins)
     )
+    rotations, origins = _checked_poses(stack, rotations, origins, origins_source)
+    if stack.box < MIN_BOX:  # too few shells for a map and its FSC
+        raise InputError(
+            f"the images are {stack.box} pixels across: reconstruction needs at least {MIN_BOX}",
+            path=stack.source,
+        )
+    if pad not in (1, 2, 3, 4):
+        raise InputError(f"padding must be 1..4, got {pad}")
     be = get_backend(backend, device)
     data = ParticleTransforms(stack.images, stack.ctf, stack.pixel_size, stack.box / 2 - 1, be)
     weights = np.ones(stack.box // 2 + 1)
@@ -144,6 +155,36 @@ def reconstruct_particles(
     everything = np.arange(len(stack))
     bp = backproject_particles(data, everything, rotations, origins, weights, pad)
     return reconstruct_single(bp), None, None
+
+
+def _checked_poses(
+    stack: ParticleStack, rotations: np.ndarray, origins: np.ndarray, source: Path | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Poses that fit the stack: one rotation matrix (det +1: a reflection reconstructs the mirror image
+    with a fine FSC) and one finite origin within half the box per particle (beyond it the centre is off
+    the image, and the Fourier shift wraps it round: a map without a word of warning)."""
+    n = len(stack)
+    rotations = np.asarray(rotations, dtype=float)
+    origins = np.asarray(origins, dtype=float)
+    if rotations.shape != (n, 3, 3):
+        raise InputError(f"{n} particles need rotations of shape ({n}, 3, 3), got {rotations.shape}")
+    if origins.shape != (n, 2):
+        raise InputError(f"{n} particles need origins of shape ({n}, 2), got {origins.shape}")
+    if not np.all(np.isfinite(rotations)) or not np.all(np.isfinite(origins)):
+        raise InputError("the rotations or origins contain NaN or Inf values")
+    orthogonal = np.abs(rotations @ np.swapaxes(rotations, -1, -2) - np.eye(3)).max(axis=(1, 2)) < 1e-3
+    bad = ~orthogonal | (np.linalg.det(rotations) < 0)
+    if bad.any():
+        raise InputError(f"the matrix of particle {int(np.argmax(bad)) + 1} is not a rotation")
+    far = np.abs(origins).max(axis=1) > stack.box / 2
+    if far.any():
+        i = int(np.argmax(far))
+        raise InputError(
+            f"particle {i + 1} has the origin ({origins[i, 0]:.4g}, {origins[i, 1]:.4g}) pixels: more than "
+            f"half the {stack.box}-pixel box",
+            path=source,
+        )
+    return rotations, origins
 
 
 def stack_from_simulation(sim: Any, subsets: np.ndarray | None = None) -> ParticleStack:
@@ -159,9 +200,9 @@ def write_refinement(
     stack: ParticleStack,
     inputs: Iterable[str | os.PathLike[str]] = (),
 ) -> dict[str, Path]:
-    """Write the outputs of a refinement into ``outdir`` (created if needed; each file atomically, none
-    over an input): ``map.mrc`` (both halves, Wiener-filtered with the FSC), ``half_map_1.mrc``,
-    ``half_map_2.mrc`` (unfiltered: the FSC is measured on them), ``mask.mrc``,
+    """Write the outputs of a refinement into ``outdir`` (created if needed; all of them or, on a
+    failure, none, and none over an input): ``map.mrc`` (both halves, Wiener-filtered with the FSC),
+    ``half_map_1.mrc``, ``half_map_2.mrc`` (unfiltered: the FSC is measured on them), ``mask.mrc``,
     ``particles.star`` (RELION 3.1: angles, ``rlnOriginX/YAngst``, ``rlnRandomSubset``),
     ``fsc.csv`` and ``fsc.png`` (unmasked, masked, phase-randomised, corrected),
     ``iterations.json`` (the result with one record per iteration)."""
@@ -178,7 +219,29 @@ def write_refinement(
         blocks = particles_star_blocks(
             stack, out, rotations=state.poses.rotations, origins=state.poses.origins, subsets=result.subsets
         )
+    fsc = state.fsc
+    names = [name for name in OUTPUT_FILES if name != "particles.star" or blocks is not None]
+    if fsc is None:
+        names = [name for name in names if name not in ("fsc.csv", "fsc.png")]
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
+    try:
+        # all or none: a failure on the last file (a full disk) must not leave new maps beside an older
+        # run's particles.star and iterations.json
+        with atomic_outputs([paths[name] for name in names]) as staged:
+            _write_refinement_files(dict(zip(names, staged, strict=True)), result, blocks)
+    except BaseException:
+        if created:
+            with contextlib.suppress(OSError):
+                out.rmdir()
+        raise
+    return {name: paths[name] for name in names}
+
+
+def _write_refinement_files(
+    paths: dict[str, Path], result: CryoEMResult, blocks: dict[str, dict[str, Any]] | None
+) -> None:
+    state = result.x
     pixel = result.pixel_size
     write_map(paths["map.mrc"], state.full_map, pixel)
     halves = state.raw_half_maps if state.raw_half_maps is not None else state.half_maps
@@ -212,7 +275,6 @@ def write_refinement(
         )
     payload = jsonable(result.to_dict())
     atomic_write_text(paths["iterations.json"], json.dumps(payload, indent=2, allow_nan=False) + "\n")
-    return {k: v for k, v in paths.items() if v.exists()}
 
 
 def plot_fsc(
@@ -253,10 +315,13 @@ def plot_fsc(
     ax.set_title(title, fontsize="medium")
     ax.legend(fontsize="small")
     if path is not None and own:
-        tmp = Path(str(path) + ".tmp.png")
-        ax.figure.savefig(tmp, dpi=110)
-        plt.close(ax.figure)
-        os.replace(tmp, path)
+        # rendered in memory, then written atomically: a failed savefig left fsc.png.tmp.png behind
+        buffer = io.BytesIO()
+        try:
+            ax.figure.savefig(buffer, format="png", dpi=110)
+        finally:
+            plt.close(ax.figure)
+        atomic_write_bytes(path, buffer.getvalue())
     return ax
 
 

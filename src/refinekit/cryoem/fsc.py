@@ -34,6 +34,12 @@ def fourier_shell_correlation(map1: np.ndarray, map2: np.ndarray) -> np.ndarray:
     """
     if map1.shape != map2.shape:
         raise ValueError(f"maps differ in shape: {map1.shape} and {map2.shape}")
+    if map1.ndim != 3 or len(set(map1.shape)) != 1:
+        raise ValueError(f"the FSC needs cubic 3D maps, got shape {map1.shape}")
+    # a NaN spreads to every Fourier coefficient, and the NaN shells below would read as FSC 0: a
+    # resolution of one shell instead of an error
+    if not (np.all(np.isfinite(map1)) and np.all(np.isfinite(map2))):
+        raise ValueError("a map contains NaN or Inf values")
     box = map1.shape[0]
     f1, f2 = np.fft.fftn(map1), np.fft.fftn(map2)
     shells = frequency_shells(box).ravel()
@@ -212,6 +218,10 @@ def gold_standard_fsc(
     Phases are randomised from the first shell where the unmasked FSC falls below
     ``randomise_below``; the correction applies two shells beyond it (below, the masked curve stands).
     """
+    if not 0 < pixel_size < np.inf:
+        raise ValueError(f"the pixel size must be positive and finite, got {pixel_size}")
+    if mask is not None and np.shape(mask) != np.shape(half1):
+        raise ValueError(f"the mask's shape {np.shape(mask)} differs from the maps' {np.shape(half1)}")
     box = half1.shape[0]
     unmasked = fourier_shell_correlation(half1, half2)
     report = FSCReport(box, pixel_size, unmasked)

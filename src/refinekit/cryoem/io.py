@@ -20,19 +20,17 @@ Written STAR files are 3.1: one optics group per distinct set of optics values.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
-import tempfile
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..core import InputError
+from ..core import InputError, atomic_outputs
 from .ctf import CTFParameters
 from .geometry import euler_to_matrix, matrix_to_euler
 
@@ -125,23 +123,6 @@ def read_map(path: str | os.PathLike[str]) -> DensityMap:
     return DensityMap(data, pixel)
 
 
-@contextlib.contextmanager
-def _atomic_target(path: Path) -> Iterator[Path]:
-    """A temporary path beside ``path``, renamed over it when the block succeeds (removed otherwise)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give what open() would have given
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def write_mrc(path: str | os.PathLike[str], data: np.ndarray, pixel_size: float | None) -> None:
     """Write a map (3D) or an image stack (``(n, y, x)``, MRC space group 0) atomically as float32."""
     import mrcfile
@@ -149,7 +130,7 @@ def write_mrc(path: str | os.PathLike[str], data: np.ndarray, pixel_size: float 
     path = Path(path)
     array = np.ascontiguousarray(data, dtype=np.float32)
     # mrcfile warns about header statistics of non-finite data (the tests write such files on purpose)
-    with _atomic_target(path) as tmp, warnings.catch_warnings():
+    with atomic_outputs([path]) as (tmp,), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         with mrcfile.new(tmp, overwrite=True) as mrc:
             mrc.set_data(array)
@@ -161,9 +142,12 @@ def write_mrc(path: str | os.PathLike[str], data: np.ndarray, pixel_size: float 
 
 
 def write_map(path: str | os.PathLike[str], volume: np.ndarray, pixel_size: float | None) -> None:
-    """Write a 3D map atomically (MRC, float32)."""
+    """Write a 3D map atomically (MRC, float32); a map with NaN or Inf values is refused (every reader,
+    ours included, would refuse the file)."""
     if np.asarray(volume).ndim != 3:
         raise ValueError("write_map needs a 3D array")
+    if not np.all(np.isfinite(volume)):
+        raise ValueError(f"the map for {path} contains NaN or Inf values: not written")
     write_mrc(path, volume, pixel_size)
 
 

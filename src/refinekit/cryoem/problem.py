@@ -129,6 +129,31 @@ class RefineOptions:
     def check(self, box: int, pixel_size: float) -> None:
         if box < MIN_BOX:  # too few Fourier shells for an FSC (2 pixels fails deep in the numerics)
             raise InputError(f"the images are {box} pixels across: refinement needs at least {MIN_BOX}")
+        # counts must be whole numbers: NaN passed every "< 1" test, 2.0 broke the HEALPix grid
+        for name in (
+            "max_iterations", "global_order", "global_iterations", "max_global_iterations",
+            "min_local_iterations", "pad", "seed",
+        ):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | np.integer):
+                raise InputError(f"{name} must be a whole number, got {value!r}")
+        if self.global_candidates is not None and not isinstance(self.global_candidates, int | np.integer):
+            raise InputError(f"global_candidates must be a whole number, got {self.global_candidates!r}")
+        if self.seed < 0 or self.min_local_iterations < 0:
+            raise InputError("seed and min_local_iterations must not be negative")
+        # NaN compares false with everything: a NaN tolerance never converged, a negative max_shift
+        # divided by zero, a final_angle_step <= 0 halved the local step forever (a hang)
+        if self.max_shift is not None and not 0 <= self.max_shift <= box / 2:
+            raise InputError(
+                f"max_shift must be between 0 and half the box ({box / 2:g} px), got {self.max_shift}"
+            )
+        if self.final_angle_step is not None and not 0 < self.final_angle_step < math.inf:
+            raise InputError(f"final_angle_step must be positive and finite, got {self.final_angle_step}")
+        for name in ("resolution_tolerance", "angle_tolerance", "shift_tolerance"):
+            if not 0 <= getattr(self, name) < math.inf:
+                raise InputError(f"{name} must be finite and not negative, got {getattr(self, name)}")
+        if not math.isfinite(self.ambiguity_z):
+            raise InputError(f"ambiguity_z must be finite, got {self.ambiguity_z}")
         if self.max_iterations < 1:
             raise InputError(f"max_iterations must be at least 1, got {self.max_iterations}")
         nyquist = 2 * pixel_size

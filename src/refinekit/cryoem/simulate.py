@@ -13,6 +13,7 @@ RELION's normalisation gives).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from dataclasses import dataclass
@@ -211,18 +212,40 @@ def write_simulation(
 ) -> dict[str, Path]:
     """Write ``particles.mrcs`` and ``particles.star`` (no poses), ``truth.star`` (the true angles and
     origins), ``truth.mrc`` (the map the images carry, on their scale) and, if given, the starting
-    ``reference`` as ``initial_reference.mrc``. Returns the paths."""
-    from .geometry import matrix_to_euler
-    from .io import write_map, write_mrc, write_star
+    ``reference`` as ``initial_reference.mrc``, all of them or, on a failure, none. Returns the paths."""
+    from ..core import atomic_outputs
 
     out = Path(outdir)
-    out.mkdir(parents=True, exist_ok=True)
     paths = {
         "stack": out / f"{stem}.mrcs",
         "star": out / f"{stem}.star",
         "truth_star": out / "truth.star",
         "truth_map": out / "truth.mrc",
     }
+    if reference is not None:
+        paths["reference"] = out / "initial_reference.mrc"
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        # all or none: a failure on a late file (a full disk) must not leave a new stack beside an older
+        # run's truth.star
+        with atomic_outputs(list(paths.values())) as staged:
+            staged_paths = dict(zip(paths, staged, strict=True))
+            _write_simulation_files(staged_paths, sim, reference, paths["stack"].name)
+    except BaseException:
+        if created:
+            with contextlib.suppress(OSError):
+                out.rmdir()
+        raise
+    return paths
+
+
+def _write_simulation_files(
+    paths: dict[str, Path], sim: SimulatedParticles, reference: np.ndarray | None, stack_name: str
+) -> None:
+    from .geometry import matrix_to_euler
+    from .io import write_map, write_mrc, write_star
+
     n = len(sim)
     write_mrc(paths["stack"], sim.images, sim.pixel_size)
     optics = {
@@ -236,7 +259,7 @@ def write_simulation(
         "rlnImageDimensionality": [2],
     }
     particles = {
-        "rlnImageName": [f"{i + 1:06d}@{paths['stack'].name}" for i in range(n)],
+        "rlnImageName": [f"{i + 1:06d}@{stack_name}" for i in range(n)],
         "rlnMicrographName": ["simulated.mrc"] * n,
         "rlnOpticsGroup": np.ones(n, dtype=int),
         "rlnDefocusU": sim.ctf.defocus_u,
@@ -259,6 +282,4 @@ def write_simulation(
     write_star(paths["truth_star"], {"optics": optics, "particles": truth}, comment + " (true poses)")
     write_map(paths["truth_map"], sim.volume, sim.pixel_size)
     if reference is not None:
-        paths["reference"] = out / "initial_reference.mrc"
         write_map(paths["reference"], reference, sim.pixel_size)
-    return paths
