@@ -119,3 +119,29 @@ def test_pipeline_on_a_breathing_stack_keeps_fusion_and_depth() -> None:
     # measured: PSNR 33.38 vs 33.38 dB; depth RMSE 0.145 vs 0.064 frames
     assert psnr(got.fused, still.truth, 16) > psnr(reference.fused, still.truth, 16) - 0.5
     assert got.depth_map is not None and crop_rmse(got.depth_map, still.depth, 16) < 0.25
+
+
+@pytest.mark.parametrize("motion", ["affine", "translation"])
+def test_frames_with_nothing_in_common_are_not_warped(motion: str) -> None:
+    """On independent noise frames ECC "converged" at correlations of 0.04-0.2 and the garbage warp
+    was applied without an alarm; such a warp is now refused and the pipeline says so."""
+    from refinekit.focus import fuse_stack
+
+    frames = np.random.default_rng(0).random((5, 64, 64)).astype(np.float32)
+    result = fuse_stack(frames, motion=motion)
+    assert not any(w.applied for w in result.warps)
+    assert len(result.alarms) == 4 and all("not aligned" in alarm for alarm in result.alarms)
+    low = [w for w in result.warps if w.correlation is not None and w.correlation < 0.5]
+    assert low and all("correlation" in (w.failed or "") for w in low)
+
+
+def test_a_stack_without_motion_keeps_its_frames_for_every_motion_model() -> None:
+    stack = make_stack(size=96, n=5, seed=3)
+    frame = stack.quantised(8)[2]
+    for motion in ("affine", "similarity", "rigid", "translation"):
+        from refinekit.focus import fuse_stack
+
+        result = fuse_stack(np.stack([frame] * 4), motion=motion)
+        assert not any(w.applied for w in result.warps) and not result.alarms
+        assert max(float(np.abs(w.matrix - np.eye(2, 3)).max()) for w in result.warps) < 1e-3
+        assert np.array_equal(result.fused_native(), frame)

@@ -39,6 +39,32 @@ def test_array_stack_checks_its_shape() -> None:
         ArrayStack(np.zeros((1, 4, 4)))
 
 
+@pytest.mark.parametrize("dtype", [np.int8, np.int16, np.int32, np.int64, np.uint32, np.complex64, object])
+def test_array_stack_refuses_pixel_types_of_unknown_range(dtype: type) -> None:
+    """Integer frames other than uint8/uint16 were cast to float as they were: values 0-1000 read as
+    [0, 1] fractions gave a fused image up to 1000; complex frames lost their imaginary part."""
+    frames = (np.random.default_rng(0).random((3, 8, 8)) * 100).astype(dtype)
+    with pytest.raises(InputError, match="uint8"):
+        ArrayStack(frames)
+
+
+def test_bool_and_float64_frames_are_taken_as_fractions() -> None:
+    frames = np.random.default_rng(0).random((3, 16, 16))
+    assert ArrayStack(frames).dtype == np.float32
+    assert float(ArrayStack(frames > 0.5).read_float(0).max()) == 1.0
+
+
+@pytest.mark.parametrize(("option", "value"), [("sharpness", float("nan")), ("sharpness", -1.0),
+                                               ("smoothing", 0.0), ("smoothing", float("inf")),
+                                               ("depth_max_side", 0)])
+def test_fusion_options_out_of_range_are_refused(option: str, value: float) -> None:
+    """NaN sharpness gave an all-NaN image; smoothing 0 an OpenCV traceback; depth_max_side 0 a
+    message about a border of the free slices."""
+    frames = np.random.default_rng(0).random((3, 16, 16)).astype(np.float32)
+    with pytest.raises(InputError, match=option):
+        fuse_stack(frames, depth=True, **{option: value})
+
+
 def test_demo_section(tmp_path: Path) -> None:
     from refinekit.focus.demo import section
 

@@ -98,3 +98,18 @@ def test_featureless_view_is_reported() -> None:
     found = autofocus(lambda z: np.full((32, 32), 0.5, np.float32), (0.0, 10.0), fine_step=1.0)
     assert "no focus found" in found.message
     assert not found.focused and not found.success and found.to_dict()["focus_found"] is False
+
+
+@pytest.mark.parametrize("bad", [None, np.zeros(5), np.zeros((0, 0)), np.zeros((4, 4, 2))])
+def test_a_stage_returning_no_image_is_one_error(bad: object) -> None:
+    """None, a 1-D or empty array reached OpenCV and raised its traceback (cv2.error)."""
+    with pytest.raises(InputError, match=r"acquire\(0\) must return a grey or colour image"):
+        autofocus(lambda z: bad, (0.0, 5.0), fine_step=1.0)  # type: ignore[arg-type, return-value]
+
+
+def test_a_negative_fine_step_is_refused() -> None:
+    """The default coarse step took the square root of it first: a bare 'math domain error'."""
+    with pytest.raises(InputError, match="steps"):
+        autofocus(Stage(1.0), (0.0, 5.0), fine_step=-1.0)
+    with pytest.raises(InputError, match="max_side"):
+        autofocus_stack(np.zeros((3, 8, 8), np.float32), max_side=0)

@@ -6,7 +6,10 @@ registered before fusion. The warp is estimated on a downscaled grey copy (ECC i
 contrast changes that defocus brings), then scaled up. Frames are visited outward from the reference,
 each starting from its neighbour's warp, so that far-defocused frames start close to their answer.
 A warp whose largest displacement is below ``min_shift`` pixels is not applied: resampling would only
-blur an already aligned frame.
+blur an already aligned frame. A warp whose ECC correlation is below ``min_correlation`` is not applied
+either: on frames with nothing in common (noise, a view moved by half the frame) ECC can still
+"converge", at correlations of 0.02-0.3, to a warp that is garbage; real stacks, even far-defocused
+frames, correlate above 0.7.
 """
 
 from __future__ import annotations
@@ -65,6 +68,7 @@ class Aligner:
     motion: Motion = "affine"
     max_side: int = 512
     min_shift: float = 0.25
+    min_correlation: float = 0.5
     max_iterations: int = 100
     filter_size: int = 5
     warps: dict[int, FrameWarp] = field(default_factory=dict)
@@ -121,6 +125,10 @@ class Aligner:
             warp = FrameWarp(full, float(correlation))
             if not _plausible(full, self.shape):
                 warp = FrameWarp(np.eye(2, 3), float(correlation), failed="implausible warp rejected")
+            elif correlation < self.min_correlation:
+                reason = f"ECC correlation {correlation:.2f} is below {self.min_correlation:g}"
+                warp = FrameWarp(np.eye(2, 3), float(correlation),
+                                 failed=f"{reason}: the frame does not match the reference")
         except cv2.error as exc:
             # OpenCV's message reads "... error: (-7:Iterations do not converge) ..."
             found = re.search(r"\(-?\d+:([^)]*)\)", str(exc))

@@ -148,6 +148,13 @@ def fuse_stack(
     started = time.perf_counter()
     if motion not in MOTIONS:
         raise InputError(f"motion must be one of {', '.join(MOTIONS)}, got {motion!r}")
+    # NaN sharpness gave an all-NaN image without a word; smoothing <= 0 an OpenCV traceback
+    if not (np.isfinite(sharpness) and sharpness >= 0):
+        raise InputError(f"sharpness must be a finite number >= 0, got {sharpness}")
+    if not (np.isfinite(smoothing) and smoothing > 0):
+        raise InputError(f"smoothing must be a finite number > 0, got {smoothing}")
+    if not depth_max_side >= 8:
+        raise InputError(f"depth_max_side must be at least 8 pixels, got {depth_max_side}")
     stack = as_stack(frames)
     if zstep is not None and not (np.isfinite(zstep) and zstep > 0):
         raise InputError(f"the z-step must be a positive number of µm, got {zstep}")

@@ -89,7 +89,8 @@ class AutofocusProblem(RefinementProblem):
                 raise
             except Exception as exc:
                 raise InputError(f"acquire({z:g}) failed: {type(exc).__name__}: {exc}") from None
-            value = sharpness(np.asarray(image), self.metric, self.pre_blur)
+            image = _check_image(image, z)
+            value = sharpness(image, self.metric, self.pre_blur)
             if not math.isfinite(value):
                 raise InputError(f"acquire({z:g}) gave an image whose sharpness is not finite")
             sample = FocusSample(z, value, self._stage)
@@ -153,6 +154,16 @@ class AutofocusProblem(RefinementProblem):
         return float(np.max(np.abs(step))) / (self.high - self.low)
 
 
+def _check_image(image: object, z: float) -> np.ndarray:
+    """What ``acquire`` gave, refused unless an image (an OpenCV traceback otherwise)."""
+    array = np.asarray(image) if image is not None else np.zeros(0)
+    grey_or_colour = array.ndim == 2 or (array.ndim == 3 and array.shape[2] in (1, 3, 4))
+    if not grey_or_colour or array.size == 0 or array.dtype.kind not in "uifb":
+        got = "None" if image is None else f"an array of shape {array.shape} and type {array.dtype}"
+        raise InputError(f"acquire({z:g}) must return a grey or colour image, got {got}")
+    return array[:, :, 0] if array.ndim == 3 and array.shape[2] == 1 else array
+
+
 @dataclass
 class AutofocusResult:
     """Where focus is sharpest: ``z`` (a sub-step estimate), the best measured sample, every
@@ -213,7 +224,8 @@ def autofocus(acquire: Acquire, z_range: tuple[float, float], *, fine_step: floa
     """
     lo, hi = float(z_range[0]), float(z_range[1])
     if coarse_step is None:
-        coarse_step = max(fine_step, math.sqrt(max(hi - lo, 0.0) * fine_step))
+        # a negative fine step is refused by the problem (sqrt raised a bare ValueError here)
+        coarse_step = max(fine_step, math.sqrt(max(hi - lo, 0.0) * max(fine_step, 0.0)))
     problem = AutofocusProblem(acquire, (lo, hi), coarse_step=coarse_step, fine_step=fine_step,
                                metric=metric, snap=snap, max_acquisitions=max_acquisitions)
     result = refine(problem, max_cycles=64, xtol=0.0, restore_best=False, callbacks=callbacks)
@@ -241,6 +253,8 @@ def autofocus_stack(frames: Stack | np.ndarray | Sequence[str | os.PathLike[str]
     only visited frames are read, at most ``max_side`` pixels across."""
     import cv2
 
+    if not max_side >= 8:
+        raise InputError(f"max_side must be at least 8 pixels, got {max_side}")
     stack = as_stack(frames)
     n = len(stack)
 

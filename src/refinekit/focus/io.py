@@ -125,7 +125,10 @@ class FrameStack(_Frames):
 class ArrayStack(_Frames):
     """Frames already in memory (``(n, H, W)`` or ``(n, H, W, 3)``), read like a :class:`FrameStack`.
 
-    Integer arrays are scaled by their type's range; float arrays are taken to be in [0, 1].
+    ``uint8`` and ``uint16`` arrays are scaled by their type's range; float (and bool) arrays are taken
+    to be in [0, 1]. Other integer types are refused: their bit depth is unknown (an ``int64`` array
+    may hold 8-, 12- or 16-bit data), and taking their values as [0, 1] fractions gave a fused image
+    far out of range.
 
     >>> stack = ArrayStack(np.zeros((3, 4, 5, 3), np.uint8))
     >>> len(stack), stack.shape, stack.channels, stack.bits
@@ -140,6 +143,11 @@ class ArrayStack(_Frames):
             raise InputError(f"a focal stack needs at least 2 frames, got {frames.shape[0]}")
         if frames.ndim == 4 and frames.shape[3] == 1:
             frames = frames[..., 0]
+        if frames.dtype.kind in "iu" and frames.dtype not in _SUPPORTED_DTYPES:
+            raise InputError(f"integer frames must be uint8 or uint16, got {frames.dtype}: convert them, "
+                             "or scale them to float in [0, 1]")
+        if frames.dtype.kind not in "uifb":  # complex would lose its imaginary part, objects may not convert
+            raise InputError(f"unsupported pixel type {frames.dtype} (uint8, uint16, float or bool)")
         if frames.dtype not in _SUPPORTED_DTYPES:
             frames = frames.astype(np.float32)
         self.frames = frames
