@@ -3,6 +3,7 @@ and the run continues the chosen trial, and the overfitting alarm fires where th
 
 from __future__ import annotations
 
+import gemmi
 import numpy as np
 import pytest
 
@@ -71,6 +72,56 @@ def test_occupancies_of_partial_atoms_can_be_refined(bundled, tmp_path):
     result = job.run(cycles=3, weight=2.0)
     occ = job.first_model.layout.occ(result.x)
     assert np.all((occ >= 0) & (occ <= 1)) and result.status.usable
+
+
+def _conformer_sums(structure):
+    sums: dict[tuple[str, str, str], float] = {}
+    for cra in structure[0].all():
+        if cra.atom.altloc != "\0" and not cra.atom.is_hydrogen():
+            key = (cra.chain.name, str(cra.residue.seqid), cra.atom.name)
+            sums[key] = sums.get(key, 0.0) + cra.atom.occ
+    return sums
+
+
+def test_occupancy_refinement_of_alternate_conformations_keeps_their_sums(xtal_data):
+    # 3ZT9: residues in conformers A/B (0.41/0.59 ...) with riding hydrogens. Refined one by one, the
+    # occupancies drifted off their sums of 1 and gemmi placed the hydrogens of the conformers anew
+    # ("placing the riding hydrogens changed the number of atoms")
+    entry = xtal_data / "3zt9"
+    job = prepare_refinement(entry / "3zt9.cif.gz", entry / "r3zt9sf.ent.gz", monlib=xtal_data / "monomers",
+                             occupancy=True, twin="none")
+    model = job.first_model
+    start = model.layout.occ(model.initial_parameters())
+    result = job.run(cycles=3, weight=1.0)
+    before, after = _conformer_sums(job.structure), _conformer_sums(result.structure)
+    assert len(before) >= 15 and after.keys() == before.keys()
+    assert max(abs(after[k] - before[k]) for k in before) < 1e-4
+    occ = model.layout.occ(result.x)
+    assert np.max(np.abs(occ - start)) > 0.005           # they were refined, not held
+    # the atoms of one conformer of a residue move together
+    groups = model.occ_constraints.group
+    for g in np.unique(groups):
+        assert np.ptp((occ - start)[groups == g]) < 1e-6
+    assert result.status.usable and result.kept.figures["r_free"] < result.history[0].figures["r_free"]
+    # its ANISOU records are made isotropic for the refinement, and the result says so
+    assert any(a.kind == "model_input" and "anisotropic" in a.message for a in result.alarms)
+
+
+def test_conformer_occupancies_are_projected_onto_their_sums_and_bounds():
+    from refinekit.xtal.model import OCC_MIN, OccupancyConstraints
+
+    st = gemmi.read_pdb_string(
+        "ATOM      1  CA ASER A   1       1.000   1.000   1.000  0.40 10.00           C\n"
+        "ATOM      2  CA BSER A   1       1.500   1.000   1.000  0.60 10.00           C\n"
+        "HETATM    3  O   HOH A   2       5.000   5.000   5.000  0.50 10.00           O\n")
+    cras = list(st[0].all())
+    occ = np.array([c.atom.occ for c in cras])
+    cons = OccupancyConstraints.of(cras, occ)
+    # a step that would take A below zero: A stops at OCC_MIN, B takes the rest; the water is only clipped
+    moved = cons.project(np.array([-0.2, 1.2, 1.3]))
+    assert moved == pytest.approx([OCC_MIN, 1 - OCC_MIN, 1.0])
+    step = cons.step(np.array([1.0, -2.0, 0.5]), np.array([1.0, 1.0, 1.0]))
+    assert step[0] + step[1] == pytest.approx(0.0) and step[0] < 0 and step[2] == pytest.approx(-0.5)
 
 
 def test_the_alarm_fires_on_1sar_and_the_deposited_model_is_kept(xtal_data):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gemmi
 import pytest
 
 from refinekit.xtal import r_factors
@@ -44,3 +45,38 @@ def test_the_bundled_entry_and_a_noisy_free_set_warning(bundled):
     # deposited (REFMAC): 0.184 / 0.195 with 22 free reflections
     assert rep.r_work == pytest.approx(0.19, abs=0.015)
     assert rep.n_free == 22 and any("noisy" in w for w in rep.warnings)
+
+
+def _moved_copy(bundled, tmp_path, shift, *, second_model=False):
+    """5WKD with every atom moved by ``shift`` (fractional); with ``second_model`` the moved copy is a
+    second model after the deposited one, as in an NMR-style ensemble."""
+    st = gemmi.read_structure(str(bundled / "5wkd.pdb"))
+    moved = st[0].clone()
+    for cra in moved.all():
+        cra.atom.pos = st.cell.orthogonalize(st.cell.fractionalize(cra.atom.pos) + gemmi.Fractional(*shift))
+    if second_model:
+        moved.num = 2
+        st.add_model(moved)
+    else:
+        st[0] = moved
+    path = tmp_path / "moved.pdb"
+    st.write_pdb(str(path))
+    return path
+
+
+def test_a_model_at_a_wrong_origin_gives_a_bad_r_and_says_so(bundled, tmp_path):
+    plain = r_factors(bundled / "5wkd.pdb", bundled / "r5wkdsf.ent", twin="none")
+    assert not any("origin" in w for w in plain.warnings)
+    # (1/2, 0, 0) is an origin of C2 too: the same structure, the same R
+    same = r_factors(_moved_copy(bundled, tmp_path, (0.5, 0.0, 0.5)), bundled / "r5wkdsf.ent", twin="none")
+    assert same.r_work == pytest.approx(plain.r_work, abs=1e-3)
+    wrong = r_factors(_moved_copy(bundled, tmp_path, (0.13, 0.0, 0.29)), bundled / "r5wkdsf.ent", twin="none")
+    assert wrong.r_work > 0.45 and any("origin" in w for w in wrong.warnings)
+
+
+def test_only_the_first_model_of_an_ensemble_is_used_and_that_is_said(bundled, tmp_path):
+    plain = r_factors(bundled / "5wkd.pdb", bundled / "r5wkdsf.ent", twin="none")
+    ensemble = r_factors(_moved_copy(bundled, tmp_path, (0.13, 0.0, 0.29), second_model=True),
+                         bundled / "r5wkdsf.ent", twin="none")
+    assert ensemble.r_work == pytest.approx(plain.r_work, abs=1e-4)
+    assert any("2 models" in w and "only the first" in w for w in ensemble.warnings)

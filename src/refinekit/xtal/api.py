@@ -123,7 +123,14 @@ class RefinementJob:
         if target not in ("ml", "ls"):
             raise InputError(f"unknown target {target!r} (ml or ls)")
         self.model_path, self.data_path = Path(model_path), Path(data_path)
-        self.structure = read_model(model_path)
+        #: what the run does with the model other than as given, said with the result
+        self.notes: list[str] = []
+        self.structure = read_model(model_path, self.notes)
+        n_aniso = sum(1 for cra in self.structure[0].all() if cra.atom.aniso.nonzero())
+        if n_aniso:
+            self.notes.append(f"{n_aniso} atoms have anisotropic B-factors (ANISOU): refinement is "
+                              f"isotropic, so they start from their equivalent isotropic B and are written "
+                              f"isotropic")
         self.data = read_reflections(data_path, labels=labels, free_label=free_label,
                                      free_fraction=free_fraction, seed=seed)
         check_model_matches_data(self.structure, self.data, model_path, data_path)
@@ -266,6 +273,8 @@ class RefinementJob:
         twin_warning = twin_free_set_warning(self.twin_info)
         if twin_warning:
             alarms.insert(0, Alarm("twin_free_set", None, twin_warning))
+        for note in reversed(self.notes):
+            alarms.insert(0, Alarm("model_input", None, note))
         if data.info.get("free_source") == "made":
             alarms.insert(0, Alarm("free_set_made", None, "the data had no free set: one was made here "
                                    f"({data.info.get('free_convention')}) and written to the output MTZ"))

@@ -33,9 +33,10 @@ BUNDLED_MONOMERS = Path(__file__).resolve().parent.parent / "data" / "xtal" / "m
 
 
 # ------------------------------------------------------------------------------------ models
-def read_model(path: str | os.PathLike[str]) -> gemmi.Structure:
+def read_model(path: str | os.PathLike[str], notes: list[str] | None = None) -> gemmi.Structure:
     """Read a PDB or mmCIF model (optionally gzipped): the first model, with entities set up.
 
+    What was left out of the file (the models after the first) is said in ``notes`` where given.
     Raises InputError for a file that cannot be read, looks truncated, or has no atoms.
     """
     path = Path(path)
@@ -51,6 +52,9 @@ def read_model(path: str | os.PathLike[str]) -> gemmi.Structure:
         raise InputError(f"cannot read the model ({_first_line(exc)})", path=path) from None
     if len(st) == 0 or st[0].count_atom_sites() == 0:
         raise InputError("the model has no atoms (is it a PDB or mmCIF file?)", path=path)
+    if len(st) > 1 and notes is not None:
+        notes.append(f"the file has {len(st)} models (an ensemble): only the first (model {st[0].num}) is "
+                     f"used, the others are ignored")
     while len(st) > 1:      # refinement is of the first model; NMR-style ensembles are not refined
         del st[len(st) - 1]
     _check_atom_values(st, path)

@@ -46,6 +46,77 @@ class ParameterLayout:
         return x[4 * self.n:]
 
 
+#: refined occupancies stay at or above this: at zero gemmi drops the parent's riding hydrogens, and
+#: the model would change its number of atoms under the optimiser
+OCC_MIN = 0.01
+
+
+@dataclass
+class OccupancyConstraints:
+    """How refined occupancies move together. The atoms of one conformer of a residue (same altloc)
+    share one shift; where a residue has several conformers, their shifts sum to zero, so that the
+    occupancies of the conformers of each atom keep their sum (1 in a usual model). A partially
+    occupied atom without altloc is a group of its own, free."""
+
+    group: np.ndarray       #: (n_occ,) the group of each refined occupancy
+    group_site: np.ndarray  #: (n_groups,) the residue of each group
+    atom_set: np.ndarray    #: (n_occ,) the conformers of one atom share a set
+    set_sum: np.ndarray     #: (n_sets,) the occupancy sum each set keeps
+
+    @classmethod
+    def of(cls, cras: list[gemmi.CRA], occ: np.ndarray) -> OccupancyConstraints:
+        groups: dict[tuple[object, ...], int] = {}
+        sites: dict[tuple[object, ...], int] = {}
+        sets: dict[tuple[object, ...], int] = {}
+        group, atom_set, group_site = [], [], []
+        for k, cra in enumerate(cras):
+            residue = (cra.chain.name, str(cra.residue.seqid))
+            if cra.atom.altloc == "\0":
+                group_key: tuple[object, ...] = ("atom", k)
+                site_key: tuple[object, ...] = ("atom", k)
+            else:
+                group_key, site_key = (*residue, cra.atom.altloc), residue
+            if group_key not in groups:
+                groups[group_key] = len(groups)
+                group_site.append(sites.setdefault(site_key, len(sites)))
+            group.append(groups[group_key])
+            atom_set.append(sets.setdefault((*site_key, cra.atom.name), len(sets)))
+        atom_set_arr = np.array(atom_set, dtype=np.int64)
+        return cls(np.array(group, dtype=np.int64), np.array(group_site, dtype=np.int64), atom_set_arr,
+                   np.bincount(atom_set_arr, weights=occ, minlength=len(sets)))
+
+    def step(self, grad: np.ndarray, curvature: np.ndarray) -> np.ndarray:
+        """The Newton step of the occupancies (gradient ``grad``, diagonal ``curvature``) within the
+        constraints: per group G_g, H_g summed; the groups of a residue with several shift by
+        -(G_g + lambda) / H_g, lambda making the shifts sum to zero."""
+        if grad.size == 0:
+            return np.zeros(0)
+        g = np.bincount(self.group, weights=grad)
+        h = np.maximum(np.bincount(self.group, weights=curvature), 1e-12)
+        n_in_site = np.bincount(self.group_site)
+        lam = -(np.bincount(self.group_site, weights=g / h) / np.bincount(self.group_site, weights=1.0 / h))
+        lam = np.where(n_in_site > 1, lam, 0.0)[self.group_site]
+        return (-(g + lam) / h)[self.group]
+
+    def project(self, occ: np.ndarray) -> np.ndarray:
+        """The nearest occupancies within [OCC_MIN, 1] whose sets keep their sums: each set's
+        occupancies shifted alike (by bisection on the shift) and clipped."""
+        if occ.size == 0:
+            return occ.copy()
+        n_sets = self.set_sum.size
+        multi = (np.bincount(self.atom_set, minlength=n_sets) > 1)[self.atom_set]
+        lo = np.full(n_sets, -1.0)
+        hi = np.full(n_sets, 1.0)
+        for _ in range(40):
+            mid = 0.5 * (lo + hi)
+            moved = np.clip(occ + mid[self.atom_set], OCC_MIN, 1.0)
+            above = np.bincount(self.atom_set, weights=moved, minlength=n_sets) > self.set_sum
+            hi = np.where(above, mid, hi)
+            lo = np.where(above, lo, mid)
+        shift = np.where(multi, (0.5 * (lo + hi))[self.atom_set], 0.0)
+        return np.clip(occ + shift, OCC_MIN, 1.0)
+
+
 class AtomicModel:
     """A structure prepared for refinement (hydrogens placed, topology built, restraints indexed)."""
 
@@ -76,9 +147,14 @@ class AtomicModel:
         hyd = np.flatnonzero(self.is_h)
         block[hyd] = block[self.parent[hyd]]
         self.block = block
-        occ = np.array([a.occ for a in self.atoms])
-        self.occ_atoms = (np.flatnonzero(occ[self.heavy] < 1.0) if refine_occupancy
+        heavy_occ = np.array([self.atoms[k].occ for k in self.heavy])
+        # zero-occupancy atoms stay as they are: they mark unmodelled atoms, and gemmi drops the riding
+        # hydrogens of a parent at zero occupancy
+        self.occ_atoms = (np.flatnonzero((heavy_occ > 0.0) & (heavy_occ < 1.0)) if refine_occupancy
                           else np.zeros(0, dtype=np.int64))
+        cras = list(self.structure[0].all())
+        self.occ_constraints = OccupancyConstraints.of([cras[self.heavy[k]] for k in self.occ_atoms],
+                                                       heavy_occ[self.occ_atoms])
         self.layout = ParameterLayout(self.n_heavy, int(self.occ_atoms.size))
         #: the parameters the structure holds now (None: as read)
         self.current_x: np.ndarray | None = None

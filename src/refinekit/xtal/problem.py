@@ -413,7 +413,8 @@ class XtalRefinementProblem(RefinementProblem):
             # left to the X-ray target, it chases what the scale fit undoes every cycle
             delta[3 * n: 4 * n] -= float(np.mean(delta[3 * n: 4 * n]))
         if lay.n_occ:
-            delta[4 * n:] = -grad[4 * n:] / np.maximum(c_b * fisher[4 * n:], 1e-12)
+            # conformers move together and keep their occupancy sums
+            delta[4 * n:] = self.model.occ_constraints.step(grad[4 * n:], c_b * fisher[4 * n:])
         shifts = np.sqrt(np.sum(lay.xyz(delta) ** 2, axis=1))
         delta[: 3 * n] *= min(1.0, self.max_shift / max(float(shifts.max(initial=0.0)), 1e-12))
         delta[3 * n: 4 * n] *= min(1.0, 20.0 / max(float(np.abs(lay.b(delta)).max(initial=0.0)), 1e-12))
@@ -475,7 +476,7 @@ class XtalRefinementProblem(RefinementProblem):
         n = lay.n
         out[3 * n: 4 * n] = np.clip(out[3 * n: 4 * n], B_MIN, B_MAX)
         if lay.n_occ:
-            out[4 * n:] = np.clip(out[4 * n:], 0.0, 1.0)
+            out[4 * n:] = self.model.occ_constraints.project(out[4 * n:])
         return out
 
     # ---------------------------------------------------------------------------- outputs

@@ -22,6 +22,9 @@ from .twin import TwinModel, candidate_twin_laws, free_mates_in_work, h_test_fra
 MIN_FREE_FOR_BIAS_TEST = 200
 #: a twin law is used (with --twin auto) where it lowers R_work by more than this
 TWIN_R_GAIN = 0.02
+#: above this R_work the model hardly explains the data: an unrelated model gets 0.59 (Wilson 1950), about
+#: 0.5 after the bulk-solvent and per-shell scaling (3zt9 and 1sar at a random origin shift: 0.51, 0.52)
+UNRELATED_R_WORK = 0.45
 
 
 @dataclass
@@ -108,10 +111,13 @@ def r_factors(model_path: str | os.PathLike[str], data_path: str | os.PathLike[s
     >>> 0.15 < rep.r_work < 0.22, rep.free_set["label"]
     (True, 'FreeR_flag')
     """
-    st = read_model(model_path)
+    notes: list[str] = []
+    st = read_model(model_path, notes)
     data = read_reflections(data_path, labels=labels, free_label=free_label)
     check_model_matches_data(st, data, model_path, data_path)
-    return r_factors_of(st, data, twin=twin, grid_rate=grid_rate)
+    report = r_factors_of(st, data, twin=twin, grid_rate=grid_rate)
+    report.warnings[:0] = notes
+    return report
 
 
 def r_factors_of(st: gemmi.Structure, data: ReflectionData, *, twin: str = "auto",
@@ -147,6 +153,9 @@ def r_factors_of(st: gemmi.Structure, data: ReflectionData, *, twin: str = "auto
     if data.info.get("free_source") == "made":
         warnings.append("the data had no free set: one was made here (R_free of a model refined against all "
                         "reflections is not a free R)")
+    if agree.r_work > UNRELATED_R_WORK:
+        warnings.append(f"R_work {agree.r_work:.3f} is about what a model unrelated to the data gets: is the "
+                        f"model in the data's setting and origin (and the right one)?")
     return RFactorReport(agree.r_work, agree.r_free, agree.cc_work, agree.cc_free, agree.n_work, agree.n_free,
                          data.d_min, data.d_max, scale.to_dict(), free,
                          {k: v for k, v in data.info.items() if k != "made_flags"}, twin_info, warnings)
