@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import time
+import traceback
 from pathlib import Path
 
 import typer
 
-from ..core.atomic import atomic_write_text
 from ..core.result import jsonable
-from .common import handle_errors
+from .common import emit, handle_errors
 
 #: Domains with a demo, in report order. Each is ``refinekit.<name>.demo`` with a function
 #: ``section(workdir: pathlib.Path) -> refinekit.report.Section``.
@@ -26,43 +27,62 @@ def demo_command(
 ) -> None:
     """Run every installed application on data bundled with refinekit; write OUT/report.html."""
     from ..core import InputError
-    from ..report import Section, render_report
+    from ..core.atomic import atomic_write_files
+    from ..report import Section, pre, render_html
 
     unknown = sorted(set(only) - set(DEMOS))
     if unknown:
-        raise InputError(f"unknown application(s) for --only: {', '.join(unknown)} "
+        raise InputError(f"unknown application(s) for --only: {', '.join(map(repr, unknown))} "
                          f"(known: {', '.join(DEMOS)})")
     if out.exists() and not out.is_dir():
         raise InputError("exists and is not a folder", path=out)
+    names = [name for name in DEMOS if not only or name in only]
+    # bad output places are refused before anything runs (exit 2, nothing written), not after minutes
+    for name in names:
+        if (out / name).exists() and not (out / name).is_dir():
+            raise InputError("exists and is not a folder", path=out / name)
     out.mkdir(parents=True, exist_ok=True)
+    if not os.access(out, os.W_OK | os.X_OK):  # EROFS too
+        raise InputError("the folder is not writable", path=out)
     sections: list[Section] = []
     summary: dict[str, dict] = {}
-    for name in DEMOS:
-        if only and name not in only:
-            continue
+    for name in names:
         try:
             module = importlib.import_module(f"refinekit.{name}.demo")
         except ModuleNotFoundError as exc:
             if exc.name in (f"refinekit.{name}", f"refinekit.{name}.demo"):
                 continue  # this application is not built yet
-            summary[name] = {"ok": False, "skipped": f"needs {exc.name} (pip install 'refinekit[{name}]')"}
+            reason = f"needs {exc.name} (pip install 'refinekit[{name}]')"
+            summary[name] = {"ok": False, "summary": f"skipped: {reason}", "skipped": reason}
+            sections.append(Section(name, f"skipped: {reason}", "", ok=False))  # the report says so too
             continue
         typer.echo(f"demo: {name} ...", err=True)
         workdir = out / name
         workdir.mkdir(exist_ok=True)
         start = time.perf_counter()
-        section = module.section(workdir)
+        try:
+            section = module.section(workdir)
+        except Exception as exc:  # one broken application must not cost the others' report
+            seconds = time.perf_counter() - start
+            error = " ".join(f"{type(exc).__name__}: {exc}".split())
+            typer.echo(f"demo: {name} failed after {seconds:.1f} s: {error}", err=True)
+            sections.append(Section(name, f"failed: {error}", pre(traceback.format_exc()), ok=False))
+            summary[name] = {"ok": False, "summary": f"failed: {error}", "seconds": round(seconds, 2),
+                             "error": error}
+            continue
         seconds = time.perf_counter() - start
         sections.append(section)
-        summary[name] = {"ok": section.ok, "summary": section.summary, "seconds": round(seconds, 2),
-                         **section.figures}
+        entry = {"ok": section.ok, "summary": section.summary, "seconds": round(seconds, 2)}
+        # a domain's figure of the same name (cryoem's "seconds") must not replace these
+        entry.update((k, v) for k, v in section.figures.items() if k not in entry)
+        summary[name] = entry
         typer.echo(f"demo: {name} done in {seconds:.1f} s: {section.summary}", err=True)
     report = out / "report.html"
-    render_report(sections, report)
-    atomic_write_text(out / "summary.json", json.dumps(jsonable(summary), indent=2) + "\n")
-    if as_json:
-        typer.echo(json.dumps(jsonable({"report": str(report), "sections": summary}), indent=2))
-    else:
-        typer.echo(f"wrote {report}")
-    if not all(s.get("ok", False) for s in summary.values()):
+    # together, so that an interrupt or a full disk never leaves a report beside another run's summary
+    summary_json = json.dumps(jsonable(summary), indent=2, allow_nan=False) + "\n"
+    atomic_write_files({report: render_html(sections), out / "summary.json": summary_json})
+    emit({"report": str(report), "sections": summary}, f"wrote {report}", as_json)
+    failed = [name for name, s in summary.items() if not s.get("ok", False)]
+    if failed:
+        typer.echo(f"demo: not ok: {', '.join(failed)}", err=True)
         raise typer.Exit(1)

@@ -10,6 +10,7 @@ resolution beside the reconstruction from the true orientations.
 
 from __future__ import annotations
 
+import html
 import time
 from pathlib import Path
 
@@ -65,7 +66,7 @@ def section(workdir: Path) -> Section:
         "its own map only, and the FSC between the half maps is the resolution that also limits the next "
         "references.</p>",
         f"<p>{result.status.label} after {result.n_cycles} iterations in {seconds:.1f} s: "
-        f"{result.message}.</p>",
+        f"{html.escape(result.message)}.</p>",
         table_html(
             ["known answer", "refinekit", "from the true orientations"],
             [

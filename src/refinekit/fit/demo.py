@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import math
 from importlib import resources
 from pathlib import Path
@@ -114,10 +115,10 @@ def section(workdir: Path) -> Section:
     alarm = flexible.alarms[0] if flexible.alarms else None
     parts.append("<h3>The overfitting alarm</h3><p>A 13-parameter polynomial fitted to 40 noisy points "
                  "of a quadratic, 20 % of them free. " + (
-                     f"The alarm fired at cycle {alarm.cycle}: {alarm.message}. The model of cycle "
-                     f"{flexible.kept_cycle} is kept." if alarm else "The alarm did not fire.")
+                     f"The alarm fired at cycle {alarm.cycle}: {html.escape(alarm.message)}. The model of "
+                     f"cycle {flexible.kept_cycle} is kept." if alarm else "The alarm did not fire.")
                  + f" The right-sized model (3 parameters) raised {len(right.alarms)} alarm(s) and "
-                 f"{right.status.label} ({right.message}).</p>")
+                 f"{right.status.label} ({html.escape(right.message)}).</p>")
     parts.append(figure_to_html(fig, "overfitting alarm", width=940))
 
     # the same monitor over model complexity: degree 0..10 fitted to convergence

@@ -34,8 +34,10 @@ def figure_to_html(fig: Any, alt: str, width: int = 640) -> str:
     import matplotlib.pyplot as plt
 
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
-    plt.close(fig)
+    try:
+        fig.savefig(buffer, format="png", dpi=110)
+    finally:  # a figure that fails to render is closed too: pyplot keeps every open one alive
+        plt.close(fig)
     return png_to_html(buffer.getvalue(), alt, width)
 
 
@@ -78,6 +80,11 @@ nav li{margin:.2em 0}
 def render_report(sections: Sequence[Section], path: str | os.PathLike[str],
                   title: str = "refinekit demo report", preamble: str = "") -> None:
     """Write the sections as one self-contained HTML page (atomically)."""
+    atomic_write_text(path, render_html(sections, title, preamble))
+
+
+def render_html(sections: Sequence[Section], title: str = "refinekit demo report", preamble: str = "") -> str:
+    """The sections as one self-contained HTML page (for writing it together with other files)."""
     from .. import __version__
 
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
@@ -95,4 +102,4 @@ def render_report(sections: Sequence[Section], path: str | os.PathLike[str],
             f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head><body>"
             f"<h1>{html.escape(title)}</h1><p>refinekit {__version__}, {stamp}.</p>{preamble}"
             f"<nav><ul>{toc}</ul></nav>{parts}</body></html>\n")
-    atomic_write_text(path, page)
+    return page
