@@ -11,7 +11,7 @@ import pytest
 from .conftest import REPO
 
 MODULES = [
-    "refinekit.core.atomic", "refinekit.core.refiner", "refinekit.fit.api", "refinekit.fit.expression",
+    "refinekit.core.atomic", "refinekit.core.errors", "refinekit.core.refiner", "refinekit.fit.api", "refinekit.fit.expression",
     "refinekit.fit.parameters",
 ]
 

@@ -23,17 +23,8 @@ def test_every_file_is_written_with_the_mode_open_gives(tmp_path: Path) -> None:
 
 
 def test_a_full_disk_on_a_later_file_leaves_none_and_the_old_files_as_they_were(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, full_disk_on_third_fsync: list[int]) -> None:
     (tmp_path / "b.txt").write_text("old b")
-    real_fsync, calls = os.fsync, []
-
-    def fsync(fd: int) -> None:
-        calls.append(fd)
-        if len(calls) == 3:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        real_fsync(fd)
-
-    monkeypatch.setattr(atomic.os, "fsync", fsync)
     with pytest.raises(OSError, match="No space"):
         atomic_write_files({tmp_path / n: f"new {n}" for n in ("a.txt", "b.txt", "c.txt")})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b.txt"]  # no temporary file either

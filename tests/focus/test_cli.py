@@ -165,23 +165,10 @@ def test_bad_input_is_one_line_exit_2_nothing_written(case: str, frames: Path, t
 
 
 def test_a_full_disk_on_a_later_output_leaves_no_output(frames: Path, tmp_path: Path,
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+                                                       full_disk_on_third_fsync: list[int]) -> None:
     """The fused image and the depth outputs are all or nothing: a disk that filled up on the third
     file left the fused image and the depth map of a failed run behind."""
-    import errno
-    import os
-
-    import refinekit.core.atomic as atomic
-
-    real_fsync, calls = os.fsync, []
-
-    def fsync(fd: int) -> None:
-        calls.append(fd)
-        if len(calls) == 3:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        real_fsync(fd)
-
-    monkeypatch.setattr(atomic.os, "fsync", fsync)
+    calls = full_disk_on_third_fsync
     out = tmp_path / "out"
     out.mkdir()
     res = invoke("focus", "fuse", frames, "-o", out / "fused.png", "--depth", out / "depth.tif")

@@ -359,23 +359,11 @@ def test_a_plot_that_fails_to_render_leaves_no_file(bundled, tmp_path, monkeypat
     assert list(tmp_path.iterdir()) == []        # a plot.png.tmp.png was left before
 
 
-def test_a_full_disk_on_a_later_output_leaves_no_output_and_no_folder(bundled, tmp_path, monkeypatch):
+def test_a_full_disk_on_a_later_output_leaves_no_output_and_no_folder(bundled, tmp_path,
+                                                                      full_disk_on_third_fsync):
     """The five outputs are all or nothing: a disk that filled up on the MTZ (the third file) left the
     mmCIF and the PDB of a failed run behind, in the folder the run had made."""
-    import errno
-    import os
-
-    import refinekit.core.atomic as atomic
-
-    real_fsync, calls = os.fsync, []
-
-    def fsync(fd: int) -> None:
-        calls.append(fd)
-        if len(calls) == 3:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        real_fsync(fd)
-
-    monkeypatch.setattr(atomic.os, "fsync", fsync)
+    calls = full_disk_on_third_fsync
     out = tmp_path / "out"
     res = runner.invoke(app, ["xtal", "refine", str(bundled / "5wkd.pdb"), str(bundled / "r5wkdsf.ent"),
                               "-o", str(out), "--cycles", "0", "--weight", "2"])

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 import typer
 
 from ..core import Callback, CycleRecord, InputError
+from ..core.errors import os_error_text
 from ..core.result import jsonable
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -50,7 +51,7 @@ def handle_errors(function: F) -> F:
             fail(f"{exc.filename}: permission denied")
         except OSError as exc:  # a name too long, a read-only or full disk...: the system's one line
             where = f"{exc.filename}: " if exc.filename else ""
-            fail(f"{where}{(exc.strerror or str(exc)).lower()}",
+            fail(f"{where}{os_error_text(exc)}",
                  EXIT_NO_RESULT if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EIO) else EXIT_BAD_INPUT)
         except MemoryError:
             fail("out of memory", EXIT_NO_RESULT)

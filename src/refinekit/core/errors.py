@@ -13,3 +13,36 @@ class InputError(ValueError):
         text = f"{path}: {message}" if path is not None else message
         super().__init__(" ".join(str(text).split()))
         self.path = path
+
+
+def os_error_text(exc: OSError) -> str:
+    """What the system says of ``exc``, in lower case, for a one-line message.
+
+    >>> import errno
+    >>> os_error_text(OSError(errno.ENOSPC, "No space left on device"))
+    'no space left on device'
+    """
+    return (exc.strerror or str(exc)).lower()
+
+
+def error_reason(exc: BaseException) -> str:
+    """``exc`` in a few words for a one-line message: the system's words for an OSError (lower case),
+    else its text on one line (at most 120 characters), else the name of its type.
+
+    >>> error_reason(ValueError("bad\\n  header"))
+    'bad header'
+    """
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror.lower()
+    text = " ".join(str(exc).split())
+    return text[:120] if text else type(exc).__name__
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of ``exc``'s text (a parser's message can run to many), else the name of its type.
+
+    >>> first_line(RuntimeError("unknown record\\nat line 3"))
+    'unknown record'
+    """
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from ..core import InputError, atomic_outputs
+from ..core.errors import error_reason
 from .ctf import CTFParameters
 from .geometry import euler_to_matrix, matrix_to_euler
 
@@ -46,13 +47,6 @@ class DensityMap:
     @property
     def box(self) -> int:
         return int(self.data.shape[0])
-
-
-def _reason(exc: BaseException) -> str:
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror.lower()
-    text = " ".join(str(exc).split())
-    return text[:120] if text else type(exc).__name__
 
 
 def _open_mrc(path: Path, what: str) -> tuple[np.ndarray, float | None]:
@@ -74,7 +68,7 @@ def _open_mrc(path: Path, what: str) -> tuple[np.ndarray, float | None]:
     except InputError:
         raise
     except (OSError, ValueError, TypeError, EOFError) as exc:
-        raise InputError(f"cannot read the MRC {what} ({_reason(exc)})", path=path) from None
+        raise InputError(f"cannot read the MRC {what} ({error_reason(exc)})", path=path) from None
     pixel = voxel if math.isfinite(voxel) and voxel > 0 else None
     return data, pixel
 
@@ -162,7 +156,7 @@ def read_star(path: str | os.PathLike[str]) -> dict[str, Any]:
     try:
         content = path.read_bytes()
     except OSError as exc:
-        raise InputError(f"cannot read the STAR file ({_reason(exc)})", path=path) from None
+        raise InputError(f"cannot read the STAR file ({error_reason(exc)})", path=path) from None
     if b"\x00" in content[:4096]:
         raise InputError("not a STAR file (binary content)", path=path)
     if b"data_" not in content:
@@ -178,7 +172,7 @@ def read_star(path: str | os.PathLike[str]) -> dict[str, Any]:
             warnings.simplefilter("ignore")
             blocks = starfile.read(path, always_dict=True)
     except Exception as exc:  # starfile raises many kinds on malformed text
-        raise InputError(f"cannot parse the STAR file ({_reason(exc)})", path=path) from None
+        raise InputError(f"cannot parse the STAR file ({error_reason(exc)})", path=path) from None
     import pandas as pd
 
     out = {}

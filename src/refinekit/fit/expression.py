@@ -80,7 +80,6 @@ class Expression:
             raise InputError(f"model expression does not parse: {exc}") from None
         self.names: set[str] = set()
         self.constants: set[str] = set()  # the constants it reads (pi, e): never a data column
-        self.uses_abs = False
         self._root = self._build(tree.body, 0)
 
     def __call__(self, env: Mapping[str, Any]) -> Any:
@@ -135,7 +134,6 @@ class Expression:
             if node.keywords or len(node.args) != 1:
                 raise InputError(f"model expression: {fname}() takes exactly one argument")
             func = FUNCTIONS[fname]
-            self.uses_abs |= fname == "abs"
             arg = self._build(node.args[0], depth)
             return lambda env: func(arg(env))
         what = type(node).__name__

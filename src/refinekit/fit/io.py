@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core.errors import InputError
+from ..core.errors import InputError, os_error_text
 
 
 def _read_text(path: Path, what: str) -> str:
@@ -20,7 +20,7 @@ def _read_text(path: Path, what: str) -> str:
     except IsADirectoryError:
         raise InputError(f"is a directory, not a {what}", path=path) from None
     except OSError as exc:
-        raise InputError(f"cannot read {what} ({(exc.strerror or str(exc)).lower()})", path=path) from None
+        raise InputError(f"cannot read {what} ({os_error_text(exc)})", path=path) from None
     if not data.strip():
         raise InputError(f"empty {what}", path=path)
     if b"\x00" in data:

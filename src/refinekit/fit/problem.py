@@ -84,13 +84,11 @@ class CurveFitProblem(RefinementProblem):
         self.nu = 2.0
         self.scale = np.zeros(self.x0.size)
         self.pending_stop: str | None = None
-        self.n_evaluations = 0
         self._cache: tuple[Vector, Vector, Vector] | None = None
 
     # ------------------------------------------------------------------ residuals
     def _weighted(self, x: Vector) -> Vector:
         """(prediction - y) / sigma at every point (non-finite where the model is)."""
-        self.n_evaluations += 1
         with np.errstate(all="ignore"):
             return (np.asarray(self.predict(x), dtype=self.dtype) - self.y) * self.inv_sigma
 

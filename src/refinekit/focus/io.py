@@ -21,6 +21,7 @@ import numpy as np
 
 from ..core import InputError
 from ..core.atomic import atomic_write_bytes
+from ..core.errors import error_reason, os_error_text
 
 #: File name extensions read as frames when a folder is given.
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
@@ -263,7 +264,7 @@ def _probe(path: Path) -> list[tuple[FrameRef, FrameProps]]:
     try:
         size = path.stat().st_size
     except OSError as exc:
-        raise InputError(f"cannot read ({(exc.strerror or str(exc)).lower()})", path=path) from None
+        raise InputError(f"cannot read ({os_error_text(exc)})", path=path) from None
     if size == 0:
         raise InputError("empty file", path=path)
     if path.suffix.lower() in _TIFF:
@@ -278,7 +279,7 @@ def _probe(path: Path) -> list[tuple[FrameRef, FrameProps]]:
         shape = tuple(int(s) for s in props.shape)
         dtype = np.dtype(props.dtype)
     except Exception as exc:  # any decoder failure means an unreadable image
-        raise InputError(f"not a readable image ({_reason(exc)})", path=path) from None
+        raise InputError(f"not a readable image ({error_reason(exc)})", path=path) from None
     frames = (props.n_images or 1) if not props.is_batch else shape[0]
     if frames > 1:
         raise InputError("animated or multi-frame image: give multi-frame stacks as TIFF", path=path)
@@ -294,7 +295,7 @@ def _probe_png(path: Path) -> FrameProps | None:
         with open(path, "rb") as fh:
             head = fh.read(26)
     except OSError as exc:
-        raise InputError(f"cannot read ({(exc.strerror or str(exc)).lower()})", path=path) from None
+        raise InputError(f"cannot read ({os_error_text(exc)})", path=path) from None
     if head[:8] != b"\x89PNG\r\n\x1a\n":
         return None
     if len(head) < 26 or head[12:16] != b"IHDR":
@@ -334,7 +335,7 @@ def _probe_tiff(path: Path) -> list[tuple[FrameRef, FrameProps]]:
             layouts = [(tuple(int(s) for s in series.shape), np.dtype(series.dtype), series.axes)
                        for series in tif.series]
     except Exception as exc:
-        raise InputError(f"not a readable TIFF ({_reason(exc)})", path=path) from None
+        raise InputError(f"not a readable TIFF ({error_reason(exc)})", path=path) from None
     if not layouts:
         raise InputError("not a readable TIFF (no image in it)", path=path)
     props: list[FrameProps] = []
@@ -375,13 +376,6 @@ def _check_props(path: Path, shape: tuple[int, ...], dtype: np.dtype) -> FramePr
     return (int(shape[0]), int(shape[1])), channels, dtype
 
 
-def _reason(exc: BaseException) -> str:
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror.lower()
-    text = " ".join(str(exc).split())
-    return text[:120] if text else type(exc).__name__
-
-
 def _decode(ref: FrameRef) -> np.ndarray:
     """Decode one frame: OpenCV for the common formats (fast), tifffile for TIFF, imageio otherwise."""
     path = ref.path
@@ -411,7 +405,7 @@ def _decode(ref: FrameRef) -> np.ndarray:
     except InputError:
         raise
     except Exception as exc:
-        raise InputError(f"cannot decode image ({_reason(exc)})", path=path) from None
+        raise InputError(f"cannot decode image ({error_reason(exc)})", path=path) from None
     if image.ndim == 3 and image.shape[2] == 1:
         image = image[:, :, 0]
     elif image.ndim == 3 and image.shape[2] == 4:

@@ -245,12 +245,6 @@ def _soft_l1_fit(residual: Any, jacobian: Any, p: np.ndarray, lower: np.ndarray,
     return p
 
 
-def model_amplitudes(fc: np.ndarray, fmask: np.ndarray | None, scale: Scale) -> np.ndarray:
-    """Complex Fmodel (scaled to the observations)."""
-    total = fc if fmask is None else fc + scale.k_mask * fmask
-    return scale.k_aniso * total
-
-
 @dataclass
 class Agreement:
     """R-factors and amplitude correlations of a model against the data, per set."""
@@ -294,12 +288,3 @@ def correlation(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
         return float("nan")
     return float(np.corrcoef(a[mask], b[mask])[0, 1])
 
-
-# ---------------------------------------------------------------------------------- twinning
-def twinned_amplitudes(f_model: np.ndarray, f_model_mate: np.ndarray, fraction: float) -> np.ndarray:
-    """Amplitudes of a hemihedral twin: ``sqrt((1-a)|F(h)|^2 + a|F(Th)|^2)``.
-
-    >>> twinned_amplitudes(np.array([3.0]), np.array([4.0]), 0.5).round(4).tolist()
-    [3.5355]
-    """
-    return np.sqrt((1.0 - fraction) * np.abs(f_model) ** 2 + fraction * np.abs(f_model_mate) ** 2)

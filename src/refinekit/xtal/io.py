@@ -15,6 +15,7 @@ import gemmi
 import numpy as np
 
 from ..core import FreeFlags, InputError, KFold
+from ..core.errors import first_line
 from .reflections import ReflectionData, french_wilson, infer_free_convention
 
 #: amplitude columns that hold model values, never observations
@@ -49,7 +50,7 @@ def read_model(path: str | os.PathLike[str], notes: list[str] | None = None) -> 
     try:
         st = gemmi.read_structure(str(path), merge_chain_parts=True)
     except (RuntimeError, ValueError) as exc:
-        raise InputError(f"cannot read the model ({_first_line(exc)})", path=path) from None
+        raise InputError(f"cannot read the model ({first_line(exc)})", path=path) from None
     if len(st) == 0 or st[0].count_atom_sites() == 0:
         raise InputError("the model has no atoms (is it a PDB or mmCIF file?)", path=path)
     if len(st) > 1 and notes is not None:
@@ -91,7 +92,7 @@ def _head(path: Path, size: int = 4096) -> bytes:
         with opener(path, "rb") as fh:
             return fh.read(size)
     except (OSError, EOFError) as exc:
-        raise InputError(f"cannot read the file ({_first_line(exc)})", path=path) from None
+        raise InputError(f"cannot read the file ({first_line(exc)})", path=path) from None
 
 
 def _looks_like_pdb(head: bytes) -> bool:
@@ -110,7 +111,7 @@ def _check_pdb_not_truncated(path: Path) -> None:
         with opener(path, "rb") as fh:
             data = fh.read()
     except (OSError, EOFError) as exc:
-        raise InputError(f"cannot read the model ({_first_line(exc)})", path=path) from None
+        raise InputError(f"cannot read the model ({first_line(exc)})", path=path) from None
     lines = data.rstrip(b"\n").split(b"\n")
     last = lines[-1].rstrip(b"\r") if lines else b""
     if last.startswith((b"ATOM", b"HETATM")) and len(last) < 54:
@@ -182,7 +183,7 @@ def load_monomer_library(resnames: Iterable[str], monlib: str | os.PathLike[str]
     try:
         lib = gemmi.read_monomer_lib(str(folder), names)
     except (RuntimeError, ValueError) as exc:
-        raise InputError(f"cannot read the monomer library ({_first_line(exc)})", path=folder) from None
+        raise InputError(f"cannot read the monomer library ({first_line(exc)})", path=folder) from None
     return lib, folder
 
 
@@ -319,20 +320,20 @@ def _read_as_mtz(path: Path) -> gemmi.Mtz:
         try:
             mtz = gemmi.read_mtz_file(str(path))
         except (RuntimeError, ValueError, OSError) as exc:
-            raise InputError(f"cannot read the MTZ file ({_first_line(exc)})", path=path) from None
+            raise InputError(f"cannot read the MTZ file ({first_line(exc)})", path=path) from None
         return mtz
     try:
         doc = gemmi.cif.read(str(path))
         blocks = gemmi.as_refln_blocks(doc)
     except (RuntimeError, ValueError, OSError) as exc:
-        raise InputError(f"cannot read the reflection file ({_first_line(exc)})", path=path) from None
+        raise InputError(f"cannot read the reflection file ({first_line(exc)})", path=path) from None
     blocks = [b for b in blocks if b.is_merged()] if blocks else []
     if not blocks:
         raise InputError("no merged reflections (_refln loop) in the file", path=path)
     try:
         return gemmi.CifToMtz().convert_block_to_mtz(blocks[0])
     except (RuntimeError, ValueError) as exc:
-        raise InputError(f"cannot convert the reflections ({_first_line(exc)})", path=path) from None
+        raise InputError(f"cannot convert the reflections ({first_line(exc)})", path=path) from None
 
 
 def _find_observation_columns(mtz: gemmi.Mtz, labels: Sequence[str] | None, path: Path
@@ -455,8 +456,3 @@ def _require_file(path: Path) -> None:
         raise InputError("permission denied", path=path)
     if path.stat().st_size == 0:
         raise InputError("the file is empty", path=path)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__

@@ -10,13 +10,13 @@ scattering enters the structure factors and their derivatives are passed on to t
 from __future__ import annotations
 
 import io
-import math
 from dataclasses import dataclass
 
 import gemmi
 import numpy as np
 
 from ..core import InputError
+from ..core.errors import first_line
 from .restraints import GeometryRestraints
 from .sfcalc import AtomArrays, form_factor_gaussians
 
@@ -139,7 +139,6 @@ class AtomicModel:
         heavy = ~self.is_h
         self.heavy = np.flatnonzero(heavy)
         self.n_heavy = int(self.heavy.size)
-        self.heavy_names = [self._key(k) for k in self.heavy]
         self.parent = self._riding_parents()
         # parameter block of every atom: its own for heavy atoms, its parent's for riding hydrogens
         block = np.full(len(self.atoms), -1, dtype=np.int64)
@@ -170,16 +169,13 @@ class AtomicModel:
             topo = gemmi.prepare_topology(st, self.monlib, h_change=change, warnings=self.warnings,
                                           ignore_unknown_links=True)
         except (RuntimeError, ValueError) as exc:
-            raise InputError(f"cannot build the restraints of the model ({_first_line(exc)})") from None
+            raise InputError(f"cannot build the restraints of the model ({first_line(exc)})") from None
         st.assign_serial_numbers()
         return topo
 
     def _refresh_atoms(self) -> None:
         self.atoms: list[gemmi.Atom] = [cra.atom for cra in self.structure[0].all()]
         self.is_h = np.array([a.is_hydrogen() for a in self.atoms], dtype=bool)
-
-    def _key(self, k: int) -> tuple[str, str]:
-        return self.atoms[k].name, self.atoms[k].altloc
 
     def _riding_parents(self) -> np.ndarray:
         parent = np.full(len(self.atoms), -1, dtype=np.int64)
@@ -242,24 +238,6 @@ class AtomicModel:
             parts.append(occ_grad)
         return np.concatenate(parts)
 
-    def residue_names(self) -> list[str]:
-        return sorted(self.structure[0].get_all_residue_names())
-
-    def output_structure(self, *, keep_hydrogens: bool = True) -> gemmi.Structure:
-        st = self.structure.clone()
-        if not keep_hydrogens:
-            st.remove_hydrogens()
-        return st
-
     def count(self) -> dict[str, int]:
         return {"atoms": len(self.atoms), "hydrogens": int(self.is_h.sum()), "refined_atoms": self.n_heavy,
                 "refined_occupancies": int(self.layout.n_occ)}
-
-    def mean_b(self) -> float:
-        b = np.array([self.atoms[k].b_iso for k in self.heavy])
-        return float(b.mean()) if b.size else math.nan
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__

@@ -56,7 +56,6 @@ class XtalRefinementProblem(RefinementProblem):
                  ) -> None:
         self.model = model
         self.data = data
-        self.target_name = target
         self.target = make_target(target, data)
         self.weight = float(weight)
         self.adp_weight = float(adp_weight)
@@ -82,7 +81,6 @@ class XtalRefinementProblem(RefinementProblem):
         # X-ray and restraint terms of the last gradient, shared with forks (see :meth:`fork`)
         self._shared: dict[str, Any] = {}
         self._x0 = model.initial_parameters()
-        self.last_line_search: list[float] = []
         # the diagonal Fisher information understates the X-ray curvature (by 1.5-2 in practice, more
         # for B): factors for the coordinate and B blocks, measured once along the first step and
         # nudged by every line search after
@@ -149,7 +147,6 @@ class XtalRefinementProblem(RefinementProblem):
         other.weight = float(weight)
         other.target = self.target.copy()
         other.curvature_factor = self.curvature_factor.copy()
-        other.last_line_search = []
         if self.twin is not None:
             other.twin = copy.copy(self.twin)
         return other
@@ -467,7 +464,6 @@ class XtalRefinementProblem(RefinementProblem):
             denom = 2.0 * (f1 - f0 - slope * alpha)
             a_new = -slope * alpha**2 / denom if denom > 0 else 0.5 * alpha
             alpha = float(np.clip(a_new, 0.1 * alpha, 0.5 * alpha))
-        self.last_line_search = tried
         return best_x, best_alpha
 
     def _bounded(self, x: np.ndarray) -> np.ndarray:

@@ -115,7 +115,6 @@ class StructureFactorCalculator:
         self.dc = dc
         self.shape = tuple(dc.grid.shape)
         self.s2 = np.asarray(cell.calculate_1_d2_array(self.hkl), dtype=float)
-        self.unblur = np.exp(dc.blur * 0.25 * self.s2)
         self.orth = np.array(cell.orth.mat.tolist(), dtype=float)
         self.frac = np.array(cell.frac.mat.tolist(), dtype=float)
         # a reflection may be asked for twice (a twin mate that is also observed): derivatives add up

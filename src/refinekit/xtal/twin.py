@@ -131,6 +131,7 @@ class TwinModel:
     # ------------------------------------------------------------------------- amplitudes
     def amplitudes(self, f_model: np.ndarray, f_mate: np.ndarray, fraction: float | None = None
                    ) -> np.ndarray:
+        """Amplitudes of a hemihedral twin: ``sqrt((1-a)|F(h)|^2 + a|F(Th)|^2)``, ``a`` the twin fraction."""
         a = self.fraction if fraction is None else fraction
         return np.sqrt((1.0 - a) * np.abs(f_model) ** 2 + a * np.abs(f_mate) ** 2)
 
