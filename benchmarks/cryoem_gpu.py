@@ -38,7 +38,8 @@ from refinekit.cryoem.simulate import resample_map
 
 def synchronise(backend) -> None:
     if backend.name == "torch" and str(backend.device).startswith("cuda"):
-        backend.torch.cuda.synchronize()
+        # the backend's device: a bare synchronize() waits for the current one, cuda:0, only
+        backend.torch.cuda.synchronize(backend.device)
 
 
 def timed(backend, function, repeats: int) -> float:
@@ -122,7 +123,7 @@ def main() -> None:
     if name == "torch":
         torch = backend.torch
         name += f" {torch.__version__} on " + (
-            torch.cuda.get_device_name(0) if args.device.startswith("cuda") else "CPU"
+            torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else "CPU"
         )
     print(f"backend: {name}")
     print("| box | particles | orientations x shifts | global search | one local level | back-projection |")

@@ -115,7 +115,7 @@ def benchmark(sizes: list[int], kappas: list[float], precisions: list[str], repe
                     for _ in range(repeats):
                         seconds, out = timed(function)
                         times.append(seconds)
-                except torch.OutOfMemoryError:
+                except torch.cuda.OutOfMemoryError:  # torch.OutOfMemoryError only from torch 2.4
                     print(f"  n={n} {name}: out of memory", flush=True)
                     torch.cuda.empty_cache()
                     continue
@@ -134,7 +134,7 @@ def benchmark(sizes: list[int], kappas: list[float], precisions: list[str], repe
                       f"backward {entry['backward_error']:.1e} forward {entry['forward_error']:.1e} "
                       f"{entry.get('path', '')} {entry.get('iterations', '')}", flush=True)
             rows.append({"n": n, "kappa": kappa, "results": results})
-            del a, b
+            del a, b, candidates, quality  # the closures hold A too: free it before the next one
             torch.cuda.empty_cache()
         del left, right
         torch.cuda.empty_cache()

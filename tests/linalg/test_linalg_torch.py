@@ -143,3 +143,88 @@ def test_backward_errors_agree_with_numpy_on_nan_and_zero_columns():
     assert expected[0] == np.inf and got[0] == np.inf
     assert expected[2] == 0.0 and got[2] == 0.0
     np.testing.assert_allclose(got, expected, rtol=1e-6)  # ||A|| bounded in float32 by numpy
+
+
+def test_tf32_settings_are_restored_whichever_api_set_them():
+    """The TF32 route sets torch's TF32 flag for its products only. A caller who set torch >= 2.9's
+    ``fp32_precision`` (reading the legacy ``allow_tf32`` then raises) got a RuntimeError; a caller's
+    "medium" came back as "high"."""
+    matmul = torch.backends.cuda.matmul
+    a = with_condition(40, 1e2, seed=3)
+    b = right_hand_side(a)
+    saved_legacy = torch.get_float32_matmul_precision()
+    saved_new = getattr(matmul, "fp32_precision", None)
+    try:
+        torch.set_float32_matmul_precision("medium")
+        assert solve(a, b, device=DEVICE, precision="tf32").success
+        assert torch.get_float32_matmul_precision() == "medium"
+        if saved_new is not None:
+            torch.set_float32_matmul_precision("highest")
+            matmul.fp32_precision = "tf32"  # the new API alone
+            assert solve(a, b, device=DEVICE, precision="tf32").success
+            assert matmul.fp32_precision == "tf32"
+            matmul.fp32_precision = "ieee"
+            assert solve(a, b, device=DEVICE, precision="tf32").success
+            assert matmul.fp32_precision == "ieee"
+    finally:
+        torch.set_float32_matmul_precision(saved_legacy)
+        if saved_new is not None:
+            matmul.fp32_precision = saved_new
+
+
+@pytest.mark.parametrize("precision", ["half", "tf32"])
+def test_blocked_lu_reads_the_device_once_per_block_and_moves_only_swapped_rows(monkeypatch, precision):
+    """On a GPU each read of a tensor on the host waits for the device: the pivots of each panel must be
+    read, nothing else (the zero-pivot check is done once, the float16 scale stays on the device). The
+    row swaps of a panel move at most 2 x block rows: gathering the whole trailing matrix per block
+    copied up to all of A each time."""
+    from refinekit.linalg.torch_backend import blocked_lu
+
+    n, block = 70, 16
+    a = torch.as_tensor(np.random.default_rng(6).standard_normal((n, n)), dtype=torch.float32,
+                        device=TENSOR_DEVICE)
+    reads, gathered = [], []
+    to_cpu, getitem = torch.Tensor.cpu, torch.Tensor.__getitem__
+
+    def counting_cpu(self, *args, **kwargs):
+        reads.append(tuple(self.shape))
+        return to_cpu(self, *args, **kwargs)
+
+    def recording_getitem(self, index):
+        if isinstance(index, torch.Tensor) and index.ndim == 1:
+            gathered.append(index.numel())
+        return getitem(self, index)
+
+    def refused(self, *args, **kwargs):
+        raise AssertionError("a tensor was read on the host inside the blocked LU")
+
+    monkeypatch.setattr(torch.Tensor, "cpu", counting_cpu)
+    monkeypatch.setattr(torch.Tensor, "__getitem__", recording_getitem)
+    for name in ("item", "__float__", "__int__", "__bool__", "tolist"):
+        monkeypatch.setattr(torch.Tensor, name, refused)
+    lu, perm = blocked_lu(a.clone(), precision, block=block)
+    monkeypatch.undo()
+    blocks = -(-n // block)
+    assert len(reads) == blocks + 1  # the pivots of each panel, and the zero-pivot check at the end
+    assert gathered and max(gathered) <= 2 * block
+    lower = torch.tril(lu, -1) + torch.eye(n, device=TENSOR_DEVICE)
+    assert float((lower @ torch.triu(lu) - a[perm]).abs().max() / a.abs().max()) < 1e-2
+
+
+def test_blocked_lu_still_reports_an_exact_zero_pivot():
+    from refinekit.linalg.systems import FactorizationFailed
+    from refinekit.linalg.torch_backend import blocked_lu
+
+    a = torch.eye(40, device=TENSOR_DEVICE)
+    a[20, 20] = 0.0
+    with pytest.raises(FactorizationFailed, match=r"U\(21,21\)"):
+        blocked_lu(a, "half", block=16)
+
+
+def test_a_cuda_index_torch_does_not_have_is_refused(monkeypatch):
+    from refinekit.core import InputError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(InputError, match=r"torch sees 1 CUDA device\(s\), cuda:0 to cuda:0"):
+        solve(np.eye(2), np.ones(2), device="cuda:7")

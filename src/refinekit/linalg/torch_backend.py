@@ -60,6 +60,13 @@ def solve_torch(A: Any, b: Any, *, precision: str, device: str, tol: float, max_
         target = torch.device(device)
         if target.type == "cuda" and not torch.cuda.is_available():
             raise InputError(f"device={device!r}, but torch sees no CUDA device")
+        count = torch.cuda.device_count()
+        if target.index is not None and target.index >= count:
+            # otherwise "invalid device ordinal" from deep inside torch, at the first tensor
+            raise InputError(f"device={device!r}, but torch sees {count} CUDA device(s), cuda:0 to "
+                             f"cuda:{count - 1}")
+        if target.index is None and return_tensor and A.device.type == "cuda":
+            target = A.device  # "cuda" is any GPU: not a copy of A from cuda:1 to the current one
     if target.type not in ("cpu", "cuda"):
         raise InputError(f"A is a tensor on device {str(target)!r}: only 'cpu' and 'cuda' tensors are solved")
     precision = resolve_precision(precision, device="cuda", sparse=False)
@@ -246,24 +253,41 @@ def swaps_to_permutation(pivots: np.ndarray, rows: int) -> np.ndarray:
 
 @contextlib.contextmanager
 def _tf32(enabled: bool) -> Iterator[None]:
+    """float32 products on CUDA in TF32 (``enabled``) or in IEEE float32 inside the block; the caller's
+    settings are restored after it.
+
+    torch >= 2.9 keeps two TF32 settings, the legacy matmul precision and ``fp32_precision``, and raises
+    on reading the legacy one (``allow_tf32``) where a caller set only the new one. Setting
+    ``allow_tf32`` updates both consistently; the previous state is read from both, where readable.
+    """
     torch = _torch()
-    previous = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = enabled
+    matmul = torch.backends.cuda.matmul
+    try:
+        legacy: str | None = torch.get_float32_matmul_precision()
+    except RuntimeError:  # the caller set the new API only: it alone is restored
+        legacy = None
+    new = getattr(matmul, "fp32_precision", None)  # None before torch 2.9
+    matmul.allow_tf32 = enabled
     try:
         yield
     finally:
-        torch.backends.cuda.matmul.allow_tf32 = previous
+        if legacy is not None:
+            torch.set_float32_matmul_precision(legacy)
+        if new is not None:
+            matmul.fp32_precision = new
 
 
 def _low_product(left: Any, right: Any, precision: str) -> Any:
     """``left @ right`` (float32 in and out) with the product computed in ``precision``."""
     if precision == "half":
         # L21 has entries of at most 1 (partial pivoting); scale U12 to at most 1 as well, so that no
-        # product of a block of width <= 2**10 can overflow float16 (max 65504)
-        largest = float(right.abs().max())
-        if largest == 0.0 or not math.isfinite(largest):
-            return left @ right
-        scale = 2.0 ** -math.ceil(math.log2(largest))
+        # product of a block of width <= 2**10 can overflow float16 (max 65504). The scale stays on the
+        # device: reading it on the host would stall every block for a round trip
+        torch = _torch()
+        largest = right.abs().amax()
+        usable = (largest > 0) & torch.isfinite(largest)
+        exponent = torch.clamp(-torch.ceil(torch.log2(largest)), max=126)  # 2**127 would overflow
+        scale = torch.where(usable, torch.exp2(exponent), torch.ones_like(largest))
         return (left.half() @ (right * scale).half()).float() / scale
     if precision == "bfloat16":
         return (left.bfloat16() @ right.bfloat16()).float()
@@ -287,21 +311,31 @@ def blocked_lu(a: Any, precision: str, block: int = DEFAULT_BLOCK) -> tuple[Any,
     torch = _torch()
     n = a.shape[0]
     perm = torch.arange(n, device=a.device)
+    infos = []  # checked once at the end: one host round trip per block (the pivots) is enough
     for k in range(0, n, block):
         width = min(block, n - k)
         panel, pivots, info = torch.linalg.lu_factor_ex(a[k:, k:k + width])
-        if int(info) > 0:
-            raise FactorizationFailed(f"exact zero pivot U({k + int(info)},{k + int(info)}) in the "
-                                      f"{precision} LU")
-        order = torch.as_tensor(swaps_to_permutation(pivots.cpu().numpy(), n - k), device=a.device)
-        a[k:] = a[k:][order]
-        perm[k:] = perm[k:][order]
+        infos.append(info)
+        order = swaps_to_permutation(pivots.cpu().numpy(), n - k)
+        # the swaps move at most 2 * width rows: gather those, not the whole trailing matrix (a copy
+        # of up to all of A per block)
+        moved = np.flatnonzero(order != np.arange(n - k))
+        if moved.size:
+            rows, source = torch.as_tensor(np.stack([k + moved, k + order[moved]]), device=a.device)
+            a[rows] = a[source]
+            perm[rows] = perm[source]
         a[k:, k:k + width] = panel
         if k + width < n:
             a[k:k + width, k + width:] = torch.linalg.solve_triangular(
                 panel[:width], a[k:k + width, k + width:], upper=False, unitriangular=True)
             a[k + width:, k + width:] -= _low_product(a[k + width:, k:k + width], a[k:k + width, k + width:],
                                                       precision)
+    if infos:
+        failed = torch.stack(infos).cpu().numpy()
+        if failed.any():
+            block_index = int(np.flatnonzero(failed)[0])
+            pivot = block_index * block + int(failed[block_index])
+            raise FactorizationFailed(f"exact zero pivot U({pivot},{pivot}) in the {precision} LU")
     return a, perm
 
 
@@ -336,7 +370,7 @@ class TorchSystem:
         if bool((row_max == 0).any()):
             raise SingularMatrixError("the matrix A is singular: a row is zero")
         row = torch.exp2(-torch.clamp(torch.round(torch.log2(row_max)), *SCALE_EXPONENTS))
-        col_max = (magnitudes * row[..., :, None]).amax(-2)
+        col_max = magnitudes.mul_(row[..., :, None]).amax(-2)  # in place: |A| is not needed after this
         if bool((col_max == 0).any()):
             raise SingularMatrixError("the matrix A is singular: a column is zero")
         col = torch.exp2(-torch.clamp(torch.round(torch.log2(col_max)), *SCALE_EXPONENTS))
@@ -362,7 +396,8 @@ class TorchSystem:
 
     # ---------------------------------------------------------------- factorizations
     def _scaled(self) -> Any:
-        return self.a * self.scaling.row[..., :, None] * self.scaling.col[..., None, :]
+        # one temporary the size of A, not two (n = 16384 in float64 is 2 GiB on the device)
+        return (self.a * self.scaling.row[..., :, None]).mul_(self.scaling.col[..., None, :])
 
     def factor_low(self) -> TorchLU:
         torch = _torch()
@@ -395,7 +430,7 @@ class TorchSystem:
 
     def scaled_norm_inf(self) -> np.ndarray:
         """``||R A C||_inf`` of each matrix (for the condition estimate of the double factors)."""
-        return self.to_numpy(self._scaled().abs().sum(-1).amax(-1))
+        return self.to_numpy(self._scaled().abs_().sum(-1).amax(-1))
 
     # ---------------------------------------------------------------- operations
     def residual(self, x: Any) -> Any:
