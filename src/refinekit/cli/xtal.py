@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
 from pathlib import Path
 
@@ -69,7 +68,7 @@ def refine_command(
 ) -> None:
     """Refine MODEL against DATA: coordinates and B-factors, restraints from the monomer library,
     R_work/R_free every cycle; where the overfitting alarm fires, the best model by R_free is kept."""
-    from ..core import InputError
+    from ..core import InputError, output_folder
     from ..xtal import prepare_refinement, write_outputs
     from ..xtal.api import output_stem
 
@@ -99,15 +98,8 @@ def refine_command(
     if not result.usable:
         emit(result.to_dict(), result.report(), as_json)
         raise typer.Exit(exit_code(result))
-    made_dir = not out_dir.exists()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    try:
+    with output_folder(out_dir):  # a failed write leaves no folder it made
         written = write_outputs(job, result, outputs, keep_hydrogens=write_hydrogens)
-    except BaseException:
-        if made_dir:  # a command that fails writes nothing: not even the folder it made for its outputs
-            with contextlib.suppress(OSError):
-                out_dir.rmdir()
-        raise
     payload = result.to_dict()
     payload["outputs"] = {k: str(v) for k, v in written.items()}
     text = result.report() + "\n" + "\n".join(f"wrote       : {p}" for p in written.values())

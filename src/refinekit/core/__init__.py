@@ -1,7 +1,14 @@
 """The refinement engine: guess -> check -> correct -> repeat, with an honest stop, a free set and
 restraints. Imports numpy and scipy only, and knows nothing of any domain."""
 
-from .atomic import atomic_outputs, atomic_write, atomic_write_bytes, atomic_write_files, atomic_write_text
+from .atomic import (
+    atomic_outputs,
+    atomic_write,
+    atomic_write_bytes,
+    atomic_write_files,
+    atomic_write_text,
+    output_folder,
+)
 from .callbacks import Callback, JsonLinesLog
 from .checkpoint import load_checkpoint, save_checkpoint
 from .errors import InputError
@@ -48,6 +55,7 @@ __all__ = [
     "choose_weight",
     "evaluate_restraints",
     "load_checkpoint",
+    "output_folder",
     "refine",
     "relative_norm",
     "save_checkpoint",

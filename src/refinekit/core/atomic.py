@@ -53,6 +53,34 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
 
 
 @contextlib.contextmanager
+def output_folder(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """``path`` made if need be (parents too) for a block that writes outputs into it; where the block
+    fails, a folder it made is removed again (a failed command writes nothing, not even its folder),
+    and one that was there already is left as it was.
+
+    >>> import tempfile, pathlib
+    >>> out = pathlib.Path(tempfile.mkdtemp()) / "results"
+    >>> try:
+    ...     with output_folder(out):
+    ...         raise OSError("disk full")
+    ... except OSError:
+    ...     pass
+    >>> out.exists()
+    False
+    """
+    folder = Path(path)
+    made = not folder.exists()
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        yield folder
+    except BaseException:
+        if made:
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
+
+
+@contextlib.contextmanager
 def atomic_outputs(paths: Sequence[str | os.PathLike[str]]) -> Iterator[list[Path]]:
     """Temporary paths beside ``paths`` (same suffixes, for writers that go by them) for a block to write
     several outputs to, by any writer that takes a path. When the block succeeds, all are synced and

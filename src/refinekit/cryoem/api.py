@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import os
@@ -13,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from ..core import InputError, RefinementResult, Refiner, atomic_outputs
+from ..core import InputError, RefinementResult, Refiner, atomic_outputs, output_folder
 from ..core.atomic import atomic_write_bytes, atomic_write_text
 from ..core.result import jsonable
 from .backend import Backend, get_backend
@@ -223,18 +222,10 @@ def write_refinement(
     names = [name for name in OUTPUT_FILES if name != "particles.star" or blocks is not None]
     if fsc is None:
         names = [name for name in names if name not in ("fsc.csv", "fsc.png")]
-    created = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
-    try:
-        # all or none: a failure on the last file (a full disk) must not leave new maps beside an older
-        # run's particles.star and iterations.json
-        with atomic_outputs([paths[name] for name in names]) as staged:
-            _write_refinement_files(dict(zip(names, staged, strict=True)), result, blocks)
-    except BaseException:
-        if created:
-            with contextlib.suppress(OSError):
-                out.rmdir()
-        raise
+    # all or none: a failure on the last file (a full disk) must not leave new maps beside an older
+    # run's particles.star and iterations.json, nor a folder made for them
+    with output_folder(out), atomic_outputs([paths[name] for name in names]) as staged:
+        _write_refinement_files(dict(zip(names, staged, strict=True)), result, blocks)
     return {name: paths[name] for name in names}
 
 

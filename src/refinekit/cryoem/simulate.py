@@ -13,7 +13,6 @@ RELION's normalisation gives).
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 from dataclasses import dataclass
@@ -213,7 +212,7 @@ def write_simulation(
     """Write ``particles.mrcs`` and ``particles.star`` (no poses), ``truth.star`` (the true angles and
     origins), ``truth.mrc`` (the map the images carry, on their scale) and, if given, the starting
     ``reference`` as ``initial_reference.mrc``, all of them or, on a failure, none. Returns the paths."""
-    from ..core import atomic_outputs
+    from ..core import atomic_outputs, output_folder
 
     out = Path(outdir)
     paths = {
@@ -224,19 +223,10 @@ def write_simulation(
     }
     if reference is not None:
         paths["reference"] = out / "initial_reference.mrc"
-    created = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
-    try:
-        # all or none: a failure on a late file (a full disk) must not leave a new stack beside an older
-        # run's truth.star
-        with atomic_outputs(list(paths.values())) as staged:
-            staged_paths = dict(zip(paths, staged, strict=True))
-            _write_simulation_files(staged_paths, sim, reference, paths["stack"].name)
-    except BaseException:
-        if created:
-            with contextlib.suppress(OSError):
-                out.rmdir()
-        raise
+    # all or none: a failure on a late file (a full disk) must not leave a new stack beside an older
+    # run's truth.star, nor a folder made for them
+    with output_folder(out), atomic_outputs(list(paths.values())) as staged:
+        _write_simulation_files(dict(zip(paths, staged, strict=True)), sim, reference, paths["stack"].name)
     return paths
 
 
