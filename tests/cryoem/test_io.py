@@ -337,3 +337,124 @@ def test_write_map_refuses_nan(tmp_path):
     with pytest.raises(ValueError, match="NaN or Inf"):
         write_map(tmp_path / "m.mrc", volume, 1.0)
     assert list(tmp_path.iterdir()) == []
+
+
+OPTICS_31 = (
+    "# version 30001\n\ndata_optics\n\nloop_\n_rlnOpticsGroup #1\n_rlnImagePixelSize #2\n_rlnVoltage #3\n"
+    "_rlnSphericalAberration #4\n_rlnAmplitudeContrast #5\n_rlnImageSize #6\n"
+)
+PARTICLES_31 = (
+    "\n# version 30001\n\ndata_particles\n\nloop_\n_rlnImageName #1\n_rlnDefocusU #2\n_rlnOpticsGroup #3\n"
+)
+
+
+def test_stack_paths_relative_to_the_relion_project_folder(tmp_path, monkeypatch):
+    from refinekit.cryoem.io import write_mrc
+
+    # RELION names stacks from its project folder, two levels above Refine3D/job020/run_data.star
+    images = np.random.default_rng(3).normal(size=(3, 16, 16)).astype(np.float32)
+    (tmp_path / "Extract" / "job012" / "Micrographs").mkdir(parents=True)
+    (tmp_path / "Refine3D" / "job020").mkdir(parents=True)
+    write_mrc(tmp_path / "Extract" / "job012" / "Micrographs" / "mic1.mrcs", images, 2.0)
+    star = tmp_path / "Refine3D" / "job020" / "run_data.star"
+    names = ["000002@Extract/job012/Micrographs/mic1.mrcs", "000001@Extract/job012/Micrographs/mic1.mrcs"]
+    star.write_text(
+        OPTICS_31 + "1 2.0 300 2.7 0.1 16\n" + PARTICLES_31 + "".join(f"{n} 15000 1\n" for n in names)
+    )
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # not the project folder
+    stack = read_particles(star)
+    assert np.allclose(stack.images, images[[1, 0]])
+    star.write_text(
+        OPTICS_31 + "1 2.0 300 2.7 0.1 16\n" + PARTICLES_31 + "1@Extract/job099/gone.mrcs 15000 1\n"
+    )
+    with pytest.raises(
+        InputError, match=r"row 1: the particle stack Extract/job099/gone.mrcs does not exist.*project"
+    ):
+        read_particles(star)
+
+
+def test_relion30_file_with_several_mrc_stacks_out_of_order(tmp_path):
+    import mrcfile
+
+    # data_ block, #N comments, zero-padded indices, a .mrc stack with a volume header, rows in another
+    # order than the stacks, origins in pixels, pixel size from detector and magnification
+    rng = np.random.default_rng(4)
+    a = rng.normal(size=(4, 16, 16)).astype(np.float32)
+    b = rng.normal(size=(3, 16, 16)).astype(np.float32)
+    with mrcfile.new(tmp_path / "a.mrc") as mrc:
+        mrc.set_data(a)
+    star = write_stack_and_star(
+        tmp_path,
+        "# version 30001\n\ndata_\n\nloop_\n_rlnImageName #1\n_rlnDefocusU #2\n_rlnVoltage #3\n"
+        "_rlnSphericalAberration #4\n_rlnAmplitudeContrast #5\n_rlnDetectorPixelSize #6\n"
+        "_rlnMagnification #7\n_rlnOriginX #8\n_rlnOriginY #9\n_rlnClassNumber #10\n_rlnGroupNumber #11\n"
+        + "".join(
+            f"{n} 15000 300 2.7 0.1 5.0 25000 1.5 -2 1 1\n"
+            for n in ("000003@a.mrc", "2@b.mrcs", "000001@a.mrc", "3@b.mrcs", "4@a.mrc")
+        ),
+        b,
+        stack_name="b.mrcs",
+    )
+    stack = read_particles(star)
+    assert np.allclose(stack.images, np.stack([a[2], b[1], a[0], b[2], a[3]]))
+    assert stack.pixel_size == pytest.approx(2.0) and np.allclose(stack.origins, [1.5, -2])
+
+
+def test_image_name_without_at_must_be_a_single_image(tmp_path):
+    from refinekit.cryoem.io import write_mrc
+
+    rng = np.random.default_rng(5)
+    image = rng.normal(size=(16, 16)).astype(np.float32)
+    write_mrc(tmp_path / "one.mrc", image, 2.0)
+    write_map(tmp_path / "subtomo.mrc", rng.normal(size=(16, 16, 16)).astype(np.float32), 2.0)
+    star = tmp_path / "particles.star"
+    star.write_text(OPTICS_31 + "1 2.0 300 2.7 0.1 16\n" + PARTICLES_31 + "one.mrc 15000 1\n")
+    assert np.allclose(read_particles(star).images[0], image)
+    # a 3D file was read as its first section, without a word
+    star.write_text(OPTICS_31 + "1 2.0 300 2.7 0.1 16\n" + PARTICLES_31 + "subtomo.mrc 15000 1\n")
+    with pytest.raises(InputError, match="holds 16 sections"):
+        read_particles(star)
+    # RELION 4 pseudo-subtomograms and CTF-premultiplied images say so in the optics table
+    for column, value in (("rlnImageDimensionality", 3), ("rlnCtfDataAreCtfPremultiplied", 1)):
+        star.write_text(
+            OPTICS_31 + f"_{column} #7\n1 2.0 300 2.7 0.1 16 {value}\n" + PARTICLES_31 + "one.mrc 15000 1\n"
+        )
+        with pytest.raises(InputError, match=f"{column} is {value}"):
+            read_particles(star)
+
+
+def test_unused_optics_group_with_another_pixel_size(tmp_path):
+    images = np.random.default_rng(6).normal(size=(2, 16, 16)).astype(np.float32)
+    optics = OPTICS_31 + "1 2.0 300 2.7 0.1 16\n2 1.0 300 2.7 0.1 32\n"
+    # a subset keeps the optics table of the whole data set: group 2 has no particle here
+    star = write_stack_and_star(
+        tmp_path, optics + PARTICLES_31 + "1@stack.mrcs 15000 1\n2@stack.mrcs 15000 1\n", images
+    )
+    assert read_particles(star).pixel_size == 2.0
+    star.write_text(optics + PARTICLES_31 + "1@stack.mrcs 15000 1\n2@stack.mrcs 15000 2\n")
+    with pytest.raises(InputError, match="several pixel sizes"):
+        read_particles(star)
+
+
+def test_phase_shift_as_scipion_writes_it_is_used_and_written_for_relion(tmp_path):
+    import starfile
+
+    images = np.random.default_rng(7).normal(size=(2, 16, 16)).astype(np.float32)
+    star = write_stack_and_star(
+        tmp_path,
+        OPTICS_31
+        + "1 2.0 300 2.7 0.1 16\n"
+        + PARTICLES_31
+        + "_rlnCtfPhaseShift #4\n_rlnNrOfSignificantSamples #5\n_rlnTomoName #6\n"
+        + "1@stack.mrcs 15000 1 90 3 TS_01\n2@stack.mrcs 15000 1 80 3 TS_01\n",
+        images,
+    )
+    stack = read_particles(star)
+    assert stack.ctf.phase_shift.tolist() == [90, 80]
+    write_star(tmp_path / "out.star", particles_star_blocks(stack, tmp_path))
+    written = starfile.read(tmp_path / "out.star")
+    assert written["particles"]["rlnPhaseShift"].tolist() == [90, 80]
+    assert "rlnCtfPhaseShift" not in written["particles"]
+    assert read_particles(tmp_path / "out.star").ctf.phase_shift.tolist() == [90, 80]

@@ -9,8 +9,10 @@ STAR conventions (RELION):
   ``rlnSphericalAberration``, ``rlnAmplitudeContrast``, ``rlnImageSize``) and a ``data_particles``
   block; 3.0 files have one block with the optics columns per particle and the pixel size as
   ``rlnPixelSize`` or ``rlnDetectorPixelSize`` (um) / ``rlnMagnification``.
-- ``rlnImageName`` is ``N@stack.mrcs`` (N from 1); a relative stack path is taken relative to the STAR
-  file's folder, then to the working folder.
+- ``rlnImageName`` is ``N@stack.mrcs`` (N from 1), or a file name alone for a single-image file; a
+  relative stack path is looked for beside the STAR file, in the working folder, then in each folder
+  above the STAR file (RELION writes paths relative to its project folder, e.g. ``Extract/job012/...``
+  in a STAR file in ``Refine3D/job020/``).
 - Origins: ``rlnOriginXAngst``/``rlnOriginYAngst`` (3.1, A) or ``rlnOriginX``/``rlnOriginY`` (3.0,
   pixels): the translation that centres the particle.
 - ``rlnRandomSubset`` (1 or 2) is the gold-standard half a particle belongs to.
@@ -325,11 +327,12 @@ def _particle_block(blocks: dict[str, Any], path: Path) -> tuple[Any, Any]:
     return blocks[name], optics
 
 
-def _pixel_size(block: Any, optics: Any, groups: np.ndarray | None, path: Path) -> float:
+def _pixel_size(block: Any, optics: Any, index_of_group: np.ndarray | None, path: Path) -> float:
     candidates: list[np.ndarray] = []
-    if optics is not None and groups is not None:
+    if optics is not None and index_of_group is not None:
         if "rlnImagePixelSize" in optics.columns:
-            per_group = _numeric(optics, "rlnImagePixelSize", path)
+            # only the groups the particles use: a subset keeps the optics table of the whole data set
+            per_group = _numeric(optics, "rlnImagePixelSize", path)[index_of_group]
             candidates.append(per_group)
     for col in ("rlnImagePixelSize", "rlnPixelSize"):
         if col in block.columns:
@@ -391,17 +394,21 @@ def _parse_image_name(text: str, path: Path, row: int) -> tuple[str, int]:
     return text, 1
 
 
-def _resolve_stack(name: str, star_dir: Path) -> Path:
+def _resolve_stack(name: str, star_dir: Path) -> Path | None:
+    """The file a stack name means, or None where there is none. RELION writes names relative to its
+    project folder (where it runs), other tools relative to the STAR file: both are tried."""
     candidate = Path(name)
     if candidate.is_absolute():
-        return candidate
-    for base in (star_dir, Path.cwd()):
+        return candidate if candidate.exists() else None
+    for base in (star_dir, Path.cwd(), *star_dir.resolve().parents):
         if (base / candidate).exists():
             return base / candidate
-    return star_dir / candidate
+    return None
 
 
-def _load_images(names: list[tuple[Path, int]], path: Path) -> np.ndarray:
+def _load_images(names: list[tuple[Path, int]], path: Path, whole_files: set[Path]) -> np.ndarray:
+    """The images ``names`` asks for; a stack in ``whole_files`` was named without ``N@``, so it must
+    hold one image."""
     by_stack: dict[Path, list[int]] = {}
     for i, (stack, _) in enumerate(names):
         by_stack.setdefault(stack, []).append(i)
@@ -413,6 +420,13 @@ def _load_images(names: list[tuple[Path, int]], path: Path) -> np.ndarray:
         data, _ = _open_mrc(stack, "particle stack")
         if data.ndim == 2:
             data = data[None]
+        elif stack in whole_files and data.ndim == 3 and data.shape[0] > 1:
+            # a name without N@ is the whole file: here a volume (a subtomogram), not one image
+            raise InputError(
+                f"rlnImageName names this file without N@, as one image, but it holds {data.shape[0]} "
+                "sections (a volume?)",
+                path=stack,
+            )
         if data.ndim != 3 or data.shape[0] == 0 or data.size == 0:
             raise InputError(
                 f"the particle stack is empty or not a stack of 2D images (shape {data.shape})", path=stack
@@ -482,7 +496,8 @@ def read_particles(path: str | os.PathLike[str], *, load_images: bool = True) ->
                 f"particles name optics group(s) {missing} that the optics table lacks", path=path
             )
         index_of_group = np.array([lookup[g] for g in groups])
-    pixel_size = _pixel_size(block, optics, groups, path)
+    pixel_size = _pixel_size(block, optics, index_of_group, path)
+    _check_2d_unmultiplied(block, optics, index_of_group, path)
 
     # CTF
     defocus_u = _numeric(block, "rlnDefocusU", path, required=False)
@@ -516,9 +531,7 @@ def read_particles(path: str | os.PathLike[str], *, load_images: bool = True) ->
         voltage=values["rlnVoltage"],
         cs=values["rlnSphericalAberration"],
         amplitude_contrast=values["rlnAmplitudeContrast"],
-        phase_shift=_numeric(block, "rlnPhaseShift", path, required=False)
-        if "rlnPhaseShift" in block.columns
-        else 0.0,
+        phase_shift=_phase_shift(block, path),
         bfactor=_numeric(block, "rlnCtfBfactor", path, required=False)
         if "rlnCtfBfactor" in block.columns
         else 0.0,
@@ -546,11 +559,28 @@ def read_particles(path: str | os.PathLike[str], *, load_images: bool = True) ->
 
     # images
     names = []
+    whole_files: set[Path] = set()
+    resolved: dict[str, Path | None] = {}  # one look-up per stack, not per particle
     for row, text in enumerate(block["rlnImageName"], start=1):
         stack, index = _parse_image_name(text, path, row)
-        names.append((_resolve_stack(stack, path.parent), index))
+        if stack not in resolved:
+            resolved[stack] = _resolve_stack(stack, path.parent)
+        found = resolved[stack]
+        if found is None:
+            if load_images:
+                where = (
+                    ""
+                    if Path(stack).is_absolute()
+                    else f" beside the STAR file, in a folder above it (a RELION project folder) or in "
+                    f"the working folder {Path.cwd()}"
+                )
+                raise InputError(f"row {row}: the particle stack {stack} does not exist{where}", path=path)
+            found = path.parent / stack
+        if "@" not in str(text):
+            whole_files.add(found)
+        names.append((found, index))
     if load_images:
-        images = _load_images(names, path)
+        images = _load_images(names, path, whole_files)
     else:
         images = np.zeros((n, 0, 0), dtype=np.float32)
     box = images.shape[-1] if load_images else None
@@ -573,6 +603,34 @@ def read_particles(path: str | os.PathLike[str], *, load_images: bool = True) ->
     return ParticleStack(
         images, pixel_size, ctf, rotations, origins, subsets, particles, optics_columns, names, path
     )
+
+
+def _phase_shift(block: Any, path: Path) -> np.ndarray | float:
+    """The phase-plate shift in degrees: RELION's rlnPhaseShift, or rlnCtfPhaseShift as Scipion writes it
+    (which would otherwise be dropped without a word, and the CTF be wrong)."""
+    relion = _numeric(block, "rlnPhaseShift", path, required=False)
+    other = _numeric(block, "rlnCtfPhaseShift", path, required=False)
+    if relion is not None and other is not None and not np.allclose(relion, other, atol=1e-3):
+        raise InputError("rlnPhaseShift and rlnCtfPhaseShift disagree", path=path)
+    value = relion if relion is not None else other
+    return 0.0 if value is None else value
+
+
+def _check_2d_unmultiplied(block: Any, optics: Any, index_of_group: np.ndarray | None, path: Path) -> None:
+    """Refuse subtomograms (RELION 4 pseudo-subtomograms, rlnImageDimensionality 3) and images already
+    multiplied by their CTF: both would be read as ordinary 2D particles, and refined wrongly."""
+    for column, allowed, what in (
+        ("rlnImageDimensionality", 2, "only 2D particle images are supported"),
+        ("rlnCtfDataAreCtfPremultiplied", 0, "images already multiplied by their CTF are not supported"),
+    ):
+        values = []
+        if column in block.columns:
+            values.append(_numeric(block, column, path))
+        if optics is not None and index_of_group is not None and column in optics.columns:
+            values.append(_numeric(optics, column, path)[index_of_group])
+        for value in values:
+            if np.any(value != allowed):
+                raise InputError(f"{column} is {value[value != allowed][0]:g}: {what}", path=path)
 
 
 def _origins(block: Any, pixel_size: float, path: Path) -> np.ndarray | None:
@@ -654,6 +712,7 @@ def particles_star_blocks(
         "rlnOriginX",
         "rlnOriginY",
         "rlnImageName",
+        "rlnCtfPhaseShift",  # written as RELION's rlnPhaseShift below
     }
     particles: dict[str, Any] = {
         "rlnImageName": [relative_image_name(s, i, star_dir) for s, i in stack.image_names]
@@ -665,6 +724,8 @@ def particles_star_blocks(
     particles["rlnDefocusU"] = stack.ctf.defocus_u
     particles["rlnDefocusV"] = stack.ctf.defocus_v
     particles["rlnDefocusAngle"] = stack.ctf.defocus_angle
+    if "rlnPhaseShift" in particles or np.any(stack.ctf.phase_shift != 0):
+        particles["rlnPhaseShift"] = np.broadcast_to(stack.ctf.phase_shift, (n,))
     rot = rotations if rotations is not None else stack.rotations
     if rot is not None:
         euler = matrix_to_euler(rot)
