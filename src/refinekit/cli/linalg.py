@@ -20,7 +20,7 @@ def _shape(shape: tuple[int, ...]) -> str:
 @app.command("solve", no_args_is_help=True)
 @handle_errors
 def solve_command(
-    matrix: Path = typer.Argument(..., help="The matrix A: Matrix Market (.mtx) or numpy (.npy)."),
+    matrix: Path = typer.Argument(..., help="The matrix A: Matrix Market (.mtx, .mtx.gz) or numpy (.npy)."),
     rhs: Path = typer.Argument(..., help="The right-hand side b (n values, or n rows of k columns)."),
     output: Path = typer.Option(..., "--output", "-o", help="Where to write x (.mtx or .npy)."),
     precision: str = typer.Option("auto", "--precision", "-p",

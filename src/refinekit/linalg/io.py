@@ -1,4 +1,5 @@
-"""Reading and writing matrices: Matrix Market (``.mtx``, via scipy.io) and numpy (``.npy``).
+"""Reading and writing matrices: Matrix Market (``.mtx``, or gzip-compressed ``.mtx.gz`` for reading, via
+scipy.io) and numpy (``.npy``).
 
 Every reading error becomes one :class:`~refinekit.core.InputError` line naming the file; the solution
 is written atomically (a temporary file renamed over the target), so a failed run leaves no output.
@@ -6,8 +7,11 @@ is written atomically (a temporary file renamed over the target), so a failed ru
 
 from __future__ import annotations
 
+import gzip
 import io
 import os
+import re
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +21,14 @@ from ..core import InputError
 from ..core.atomic import atomic_write
 
 FORMATS = (".mtx", ".npy")
+_COMMENT = re.compile(rb"%[^\r\n]*")
+_FORTRAN_EXPONENT = bytes.maketrans(b"dD", b"ee")
 
 
-def _format(path: Path) -> str:
+def _format(path: Path, *, reading: bool = False) -> str:
     suffix = path.suffix.lower()
+    if reading and suffix == ".gz" and path.stem.lower().endswith(".mtx"):  # as the NIST Matrix Market serves
+        return ".mtx.gz"
     if suffix not in FORMATS:
         raise InputError(f"unknown format {suffix or '(no extension)'!r}: use .mtx (Matrix Market) or .npy",
                          path=path)
@@ -53,8 +61,15 @@ def read_array(path: str | os.PathLike[str], *, what: str = "matrix", sparse: bo
     [0.0, 1.0, 2.0]
     """
     path = Path(path)
-    suffix = _format(path)
+    suffix = _format(path, reading=True)
     data = _read_bytes(path, what)
+    if suffix == ".mtx.gz":
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError, zlib.error) as exc:  # not gzip, or cut short
+            raise InputError(f"not a readable gzip-compressed {what} ({_reason(exc)})", path=path) from None
+        if not data.strip():
+            raise InputError(f"empty {what}", path=path)
     if suffix == ".npy":
         try:
             array = np.load(io.BytesIO(data), allow_pickle=False)
@@ -68,6 +83,7 @@ def _read_matrix_market(data: bytes, path: Path, what: str, sparse: bool) -> Any
     import scipy.io
     import scipy.sparse as sp
 
+    data = _normalize_matrix_market(data)
     header = data.split(b"\n", 1)[0].decode("ascii", "replace").lower().split()
     if len(header) < 5 or header[0] != "%%matrixmarket" or header[1] != "matrix":
         raise InputError(f"not a Matrix Market file (the first line must be '%%MatrixMarket matrix ...', "
@@ -87,6 +103,24 @@ def _read_matrix_market(data: bytes, path: Path, what: str, sparse: bool) -> Any
             return value.toarray()
         return value
     return _check_dtype(np.asarray(value), path, what)
+
+
+def _normalize_matrix_market(data: bytes) -> bytes:
+    """Legitimate files that scipy.io.mmread refuses or misreads, made plain: a UTF-8 byte order mark, a
+    banner in any case (``%%MATRIXMARKET``), comment lines among the data lines, Fortran ``D`` exponents.
+    Comments are emptied, not removed, so that scipy's line numbers in error messages still match the file."""
+    data = data.removeprefix(b"\xef\xbb\xbf")
+    banner, newline, body = data.partition(b"\n")
+    last = body.rfind(b"%")
+    if last >= 0:  # scipy skips comment lines only before the size line; scan no further than the last one
+        end = body.find(b"\n", last)
+        end = len(body) if end < 0 else end
+        body = _COMMENT.sub(b"", body[:end]) + body[end:]
+    if b"d" in body or b"D" in body:  # with comments gone, a letter d can only be an exponent: 1.5D+01 is 15,
+        body = body.translate(_FORTRAN_EXPONENT)  # which scipy silently reads as 1.5
+    if banner[:14].lower() == b"%%matrixmarket":  # scipy wants this word as spelled, the rest in lower case
+        banner = b"%%MatrixMarket" + banner[14:].lower()
+    return banner + newline + body
 
 
 def _plural(what: str) -> str:
@@ -122,6 +156,9 @@ def write_array(path: str | os.PathLike[str], x: np.ndarray) -> None:
 
     matrix = x[:, None] if x.ndim == 1 else x
     buffer = io.BytesIO()
-    scipy.io.mmwrite(buffer, matrix, precision=17, comment="solution written by refinekit linalg solve")
+    # symmetry="general": left to itself mmwrite stores a symmetric x (a 1x1 one, or an n x n one from n
+    # right-hand sides) as its lower triangle only, which a reader of plain columns misreads
+    scipy.io.mmwrite(buffer, matrix, precision=17, symmetry="general",
+                     comment="solution written by refinekit linalg solve")
     with atomic_write(path, "wb") as fh:
         fh.write(buffer.getvalue())
