@@ -140,3 +140,105 @@ def test_infer_free_convention_examples():
     assert infer_free_convention(np.array([1.0] * 19 + [0.0]))[0] == 0
     with pytest.raises(InputError):
         infer_free_convention(np.array([3.0, 3.0]))
+
+
+def _edited_sf_cif(bundled, tmp_path, edit, name="edited.cif"):
+    """The bundled SF mmCIF with its _refln loop rewritten: ``edit(tags, rows)`` returns new (tags, rows),
+    the tags without their ``_refln.`` prefix and the rows as lists of strings."""
+    head, loop = (bundled / "r5wkdsf.ent").read_text().split("loop_\n", 1)
+    lines = [line for line in loop.splitlines() if line.strip() and not line.startswith("#")]
+    tags = [line.strip().removeprefix("_refln.") for line in lines if line.startswith("_refln.")]
+    rows = [line.split() for line in lines if not line.startswith("_")]
+    tags, rows = edit(tags, rows)
+    path = tmp_path / name
+    path.write_text(head + "loop_\n" + "".join(f"_refln.{t}\n" for t in tags)
+                    + "".join(" ".join(r) + "\n" for r in rows))
+    return path
+
+
+def _without(tags, rows, name):
+    i = tags.index(name)
+    return tags[:i] + tags[i + 1:], [r[:i] + r[i + 1:] for r in rows]
+
+
+def test_status_x_reflections_with_values_are_left_out(bundled, tmp_path):
+    def edit(tags, rows):
+        marked = [r for r in rows if r[tags.index("status")] == "o"][:30]
+        for r in marked:
+            r[tags.index("status")] = "x"            # unreliable, not used: though it has a value
+        return tags, rows
+    data = read_reflections(_edited_sf_cif(bundled, tmp_path, edit))
+    assert len(data) == 367 - 30 and int(data.free.sum()) == 22
+    assert any("30 reflections" in note for note in data.info["notes"])
+
+
+def test_status_only_flags_keep_reflections_below_threshold(bundled, tmp_path):
+    def edit(tags, rows):
+        tags, rows = _without(tags, rows, "pdbx_r_free_flag")
+        for i, r in enumerate(rows):
+            if r[tags.index("status")] == "o" and i % 5 == 0:
+                r[tags.index("status")] = "<"        # measured, weak: a working reflection
+        return tags, rows
+    data = read_reflections(_edited_sf_cif(bundled, tmp_path, edit))
+    assert len(data) == 367 and int(data.free.sum()) == 22 and data.info["free_source"] == "file"
+
+
+def test_status_without_free_reflections_makes_a_free_set(bundled, tmp_path):
+    def edit(tags, rows):
+        tags, rows = _without(tags, rows, "pdbx_r_free_flag")
+        for r in rows:
+            r[tags.index("status")] = r[tags.index("status")].replace("f", "o")
+        return tags, rows
+    data = read_reflections(_edited_sf_cif(bundled, tmp_path, edit))
+    assert data.info["free_source"] == "made" and len(data) == 367
+    assert any("no free set" in note for note in data.info["notes"])
+
+
+def test_several_blocks_read_the_first_and_say_so(bundled, tmp_path):
+    text = (bundled / "r5wkdsf.ent").read_text()
+    second = text.replace("data_r5wkdsf", "data_r5wkdsfB", 1).replace(" 12.66  8.21 ", " 99.99  8.21 ")
+    path = tmp_path / "two.cif"
+    path.write_text(text + "\n" + second)
+    reference = read_reflections(bundled / "r5wkdsf.ent")
+    data = read_reflections(path)
+    assert data.info["block"] == "r5wkdsf" and np.array_equal(data.f_obs, reference.f_obs)
+    assert any("r5wkdsfB" in note and "2 blocks" in note for note in data.info["notes"])
+
+
+def test_the_cell_is_that_of_the_observations_dataset(bundled, tmp_path):
+    doc = gemmi.cif.read(str(bundled / "r5wkdsf.ent"))
+    base = gemmi.CifToMtz().convert_block_to_mtz(gemmi.as_refln_blocks(doc)[0])
+    mtz = gemmi.Mtz(with_base=True)
+    mtz.spacegroup = base.spacegroup
+    mtz.set_cell_for_all(base.cell)
+    for name in ("native", "derivative"):
+        mtz.add_dataset(name)
+    columns = [("FP", "F", 1), ("SIGFP", "Q", 1), ("FreeR_flag", "I", 1), ("FDER", "F", 2), ("SIGFDER", "Q", 2)]
+    for label, kind, dataset in columns:
+        mtz.add_column(label, kind, dataset_id=dataset)
+    source = [base.column_with_label(lab).array for lab in ("FP", "SIGFP", "FreeR_flag", "FP", "SIGFP")]
+    mtz.set_data(np.column_stack([base.make_miller_array(), *source]).astype(np.float32))
+    native = [p * 1.003 for p in base.cell.parameters[:3]] + list(base.cell.parameters[3:])
+    mtz.datasets[1].cell = gemmi.UnitCell(*native)        # measured a little apart from the global cell
+    path = tmp_path / "datasets.mtz"
+    mtz.write_to_file(str(path))
+    data = read_reflections(path)
+    assert data.cell.parameters == pytest.approx(native, abs=1e-3)
+    assert any("FDER" in note for note in data.info["notes"])
+    assert read_reflections(path, labels=["FDER", "SIGFDER"]).cell.a == pytest.approx(base.cell.a, abs=1e-3)
+
+
+def test_friedel_mates_apart_are_refused_as_such(bundled, tmp_path):
+    def friedel(tags, rows):
+        mates = [[str(-int(v)) if t in ("index_h", "index_k", "index_l") else v
+                  for t, v in zip(tags, r, strict=True)] for r in rows]
+        return tags, rows + mates
+    with pytest.raises(InputError, match="Friedel mates"):
+        read_reflections(_edited_sf_cif(bundled, tmp_path, friedel, "friedel.cif"))
+
+    def rotated(tags, rows):        # C2: (-h,k,-l) is the same reflection by a rotation, unmerged
+        mates = [[str(-int(v)) if t in ("index_h", "index_l") else v for t, v in zip(tags, r, strict=True)]
+                 for r in rows]
+        return tags, rows + mates
+    with pytest.raises(InputError, match="the data are not merged"):
+        read_reflections(_edited_sf_cif(bundled, tmp_path, rotated, "unmerged.cif"))

@@ -80,3 +80,14 @@ def test_only_the_first_model_of_an_ensemble_is_used_and_that_is_said(bundled, t
                          bundled / "r5wkdsf.ent", twin="none")
     assert ensemble.r_work == pytest.approx(plain.r_work, abs=1e-4)
     assert any("2 models" in w and "only the first" in w for w in ensemble.warnings)
+
+
+def test_the_readers_notes_are_in_the_report(bundled):
+    """What the reader chose (here: one of three observation columns) is printed as a note, not a
+    warning, and stays in the JSON's data."""
+    report = r_factors(bundled / "rnase" / "1sar.pdb", bundled / "rnase" / "rnase18_Nat_Complexes.mtz")
+    notes = report.data["notes"]
+    assert any("FGMP18" in note for note in notes)
+    assert [line for line in report.report().splitlines() if line.startswith("note")] == [
+        f"note        : {note}" for note in notes]
+    assert not any("FGMP18" in warning for warning in report.warnings)

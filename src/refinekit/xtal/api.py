@@ -100,6 +100,8 @@ class XtalRefinementResult(RefinementResult):
                  f"free set    : {self.free_set.get('label')} ({self.free_set.get('convention')})",
                  f"atoms       : {self.counts.get('refined_atoms')} refined, "
                  f"{self.counts.get('hydrogens')} riding hydrogens"]
+        # what the reader chose or left out of the data file (columns, blocks, rows by status)
+        lines += [f"note        : {note}" for note in self.data_info.get("notes", [])]
         if self.twin.get("law"):
             fraction = self.twin.get("fraction", math.nan)
             lines.append(f"twin        : {self.twin['law']}, fraction {fraction:.3f}")
@@ -275,6 +277,7 @@ class RefinementJob:
             alarms.insert(0, Alarm("twin_free_set", None, twin_warning))
         for note in reversed(self.notes):
             alarms.insert(0, Alarm("model_input", None, note))
+
         if data.info.get("free_source") == "made":
             alarms.insert(0, Alarm("free_set_made", None, "the data had no free set: one was made here "
                                    f"({data.info.get('free_convention')}) and written to the output MTZ"))

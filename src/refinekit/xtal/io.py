@@ -22,6 +22,9 @@ from .reflections import ReflectionData, french_wilson, infer_free_convention
 _CALCULATED = re.compile(r"^(FC|FCALC|FC_ALL|FC_ALL_LS|FWT|DELFWT|2FOFCWT|FOFCWT|FMODEL|F-MODEL|FPART"
                          r"|FMASK|FOM|FCAL|FC_.*|F_CALC.*|PH.*|.*WT|.*_CALC)$", re.IGNORECASE)
 _FREE_LABEL = re.compile(r"free|test|rfree", re.IGNORECASE)
+#: _refln.status values of reflections not to refine against (mmCIF dictionary): systematically absent,
+#: unreliable, beyond the high- or low-resolution cutoff
+_STATUS_NOT_USED = ("-", "x", "h", "l")
 #: MTZ column types that never hold free flags (those are integers, type I)
 _NOT_FREE_FLAGS = {"H": "Miller index", "F": "amplitude", "J": "intensity", "Q": "standard deviation",
                    "P": "phase", "W": "weight", "D": "anomalous difference", "G": "F(+)/F(-) amplitude",
@@ -219,25 +222,41 @@ def read_reflections(path: str | os.PathLike[str], *, labels: Sequence[str] | No
     """
     path = Path(path)
     _require_file(path)
-    mtz = _read_as_mtz(path)
+    info: dict[str, object] = {"path": str(path)}
+    #: what was read other than the obvious way (a block or columns left out), said with the data
+    notes: list[str] = []
+    mtz, not_used = _read_as_mtz(path, info, notes)
     if mtz.nreflections == 0:
         raise InputError("the reflection file has no reflections", path=path)
     if len(mtz.batches) > 0:
         raise InputError("unmerged data (the MTZ has batches): merge them first", path=path)
-    # indices in the reciprocal asymmetric unit, so that symmetry mates are one reflection
-    mtz.ensure_asu()
-    hkl_check = np.asarray(mtz.make_miller_array(), dtype=np.int32)
-    if np.unique(hkl_check, axis=0).shape[0] != hkl_check.shape[0]:
-        raise InputError("a reflection occurs more than once: the data are not merged", path=path)
     sg = mtz.spacegroup
     if sg is None:
         raise InputError("the reflection file has no space group", path=path)
-    cell = np.array(mtz.cell.parameters)
-    if not (np.all(np.isfinite(cell)) and np.all(cell[:3] > 1.0) and mtz.cell.volume > 0):
-        raise InputError(f"the reflection file has no valid unit cell ({_cell_text(cell)})", path=path)
-    info: dict[str, object] = {"path": str(path)}
+    hkl_as_given = np.asarray(mtz.make_miller_array(), dtype=np.int32)
+    # indices in the reciprocal asymmetric unit, so that symmetry mates are one reflection
+    mtz.ensure_asu()
+    hkl_check = np.asarray(mtz.make_miller_array(), dtype=np.int32)
+    _, inverse, counts = np.unique(hkl_check, axis=0, return_inverse=True, return_counts=True)
+    if counts.size != hkl_check.shape[0]:
+        repeated = counts[inverse.ravel()] > 1
+        if _friedel_mates_apart(sg, hkl_as_given[repeated], inverse.ravel()[repeated]):
+            raise InputError("Friedel mates (h and -h) are separate reflections (anomalous data): merge them "
+                             "into one mean value per reflection first", path=path)
+        raise InputError("a reflection occurs more than once: the data are not merged", path=path)
     value_col, sigma_col, kind = _find_observation_columns(mtz, labels, path)
     info["columns"] = [value_col.label, sigma_col.label]
+    if not labels:
+        others = _other_observations(mtz, value_col)
+        if others:
+            notes.append(f"observations read from {value_col.label}/{sigma_col.label}; the file also has "
+                         f"{', '.join(others)} (not used: choose with --labels)")
+    # each MTZ dataset has its own cell (they differ slightly between crystals): the observations' one
+    # holds, the file's global cell only where the dataset has none
+    unit_cell = mtz.get_cell(value_col.dataset_id)
+    cell = np.array(unit_cell.parameters)
+    if not (np.all(np.isfinite(cell)) and np.all(cell[:3] > 1.0) and unit_cell.volume > 0):
+        raise InputError(f"the reflection file has no valid unit cell ({_cell_text(cell)})", path=path)
     hkl_all = np.asarray(mtz.make_miller_array(), dtype=np.int32)
     values = np.asarray(value_col.array, dtype=float)
     sigmas = np.asarray(sigma_col.array, dtype=float)
@@ -250,6 +269,11 @@ def read_reflections(path: str | os.PathLike[str], *, labels: Sequence[str] | No
     observed = np.isfinite(values) & np.isfinite(sigmas) & (sigmas > 0) & ~absent
     if kind == "F":
         observed &= values >= 0
+    if np.any(observed & not_used):
+        notes.append(f"{np.count_nonzero(observed & not_used)} reflections with values have _refln.status "
+                     f"{'/'.join(_STATUS_NOT_USED)} (absent, unreliable or outside the resolution cutoffs): "
+                     f"left out")
+        observed &= ~not_used
     rows = np.flatnonzero(observed)
     if rows.size < 10:
         raise InputError(f"only {rows.size} usable reflections in columns "
@@ -293,14 +317,14 @@ def read_reflections(path: str | os.PathLike[str], *, labels: Sequence[str] | No
                     free_convention=f"made here: CCP4 convention 0..{n_folds - 1}, 0 free, seed {seed}",
                     made_flags=all_flags.values)
     values, sigmas = values[rows], sigmas[rows]
-    data = ReflectionData(mtz.cell, sg, hkl, values, sigmas, flags, mtz, rows, info)
+    data = ReflectionData(unit_cell, sg, hkl, values, sigmas, flags, mtz, rows, info)
     if kind == "I":
         try:
             f, sf, kept = french_wilson(values, sigmas, data.s2, data.centric, data.epsilon)
         except InputError as exc:
             raise InputError(str(exc), path=path) from None
         info["french_wilson"] = {"rejected": int(np.count_nonzero(~kept))}
-        data = ReflectionData(mtz.cell, sg, hkl[kept], f[kept], sf[kept],
+        data = ReflectionData(unit_cell, sg, hkl[kept], f[kept], sf[kept],
                               FreeFlags(flags.values[kept], flags.free_value), mtz, rows[kept], info)
         info["intensities"] = True
     else:
@@ -311,17 +335,20 @@ def read_reflections(path: str | os.PathLike[str], *, labels: Sequence[str] | No
         raise InputError("every measured reflection is free: there is no working set", path=path)
     info["n_reflections"] = len(data)
     info["n_free"] = int(np.count_nonzero(data.free))
+    info["notes"] = notes
     return data
 
 
-def _read_as_mtz(path: Path) -> gemmi.Mtz:
+def _read_as_mtz(path: Path, info: dict[str, object], notes: list[str]) -> tuple[gemmi.Mtz, np.ndarray]:
+    """The file as MTZ, and per row whether its ``_refln.status`` says it is not to be used (all False
+    for MTZ files)."""
     name = path.name.lower().removesuffix(".gz")
     if name.endswith(".mtz"):
         try:
             mtz = gemmi.read_mtz_file(str(path))
         except (RuntimeError, ValueError, OSError) as exc:
             raise InputError(f"cannot read the MTZ file ({first_line(exc)})", path=path) from None
-        return mtz
+        return mtz, np.zeros(mtz.nreflections, dtype=bool)
     try:
         doc = gemmi.cif.read(str(path))
         blocks = gemmi.as_refln_blocks(doc)
@@ -330,10 +357,36 @@ def _read_as_mtz(path: Path) -> gemmi.Mtz:
     blocks = [b for b in blocks if b.is_merged()] if blocks else []
     if not blocks:
         raise InputError("no merged reflections (_refln loop) in the file", path=path)
+    block = blocks[0]
+    info["block"] = block.block.name
+    if len(blocks) > 1:
+        # the PDB puts the data refined against first; the other blocks are other data sets or wavelengths
+        notes.append(f"the file has {len(blocks)} blocks of merged reflections: the first "
+                     f"({block.block.name}) is read, the others "
+                     f"({', '.join(b.block.name for b in blocks[1:])}) are not")
     try:
-        return gemmi.CifToMtz().convert_block_to_mtz(blocks[0])
+        mtz = gemmi.CifToMtz().convert_block_to_mtz(block)
     except (RuntimeError, ValueError) as exc:
         raise InputError(f"cannot convert the reflections ({first_line(exc)})", path=path) from None
+    not_used = np.zeros(mtz.nreflections, dtype=bool)
+    if "_refln.status" not in block.default_loop.tags:
+        return mtz, not_used
+    status = np.array([gemmi.cif.as_string(v) for v in block.block.find_values("_refln.status")])
+    if status.size != mtz.nreflections:      # rows not one to one: leave the status alone
+        return mtz, not_used
+    not_used = np.isin(status, _STATUS_NOT_USED)
+    flag_col = mtz.column_with_label("FreeR_flag")
+    if "_refln.pdbx_r_free_flag" not in block.default_loop.tags and flag_col is not None:
+        # gemmi makes the flags from the status as o=1, f=0 and nothing for the rest; '<' (below a
+        # sigma threshold) is measured and in the working set too, and without any 'f' there is no free set
+        if not np.any(status == "f"):
+            notes.append("_refln.status marks no free reflections ('f'): the file has no free set")
+            mtz.remove_column(flag_col.idx)
+        else:
+            table = np.array(mtz, copy=True)
+            table[:, flag_col.idx] = np.where(status == "f", 0.0, np.where(not_used, np.nan, 1.0))
+            mtz.set_data(table)
+    return mtz, not_used
 
 
 def _find_observation_columns(mtz: gemmi.Mtz, labels: Sequence[str] | None, path: Path
@@ -361,6 +414,27 @@ def _find_observation_columns(mtz: gemmi.Mtz, labels: Sequence[str] | None, path
     hint = f" (only anomalous columns {', '.join(anomalous)}: merge Friedel pairs first)" if anomalous else ""
     raise InputError(f"no amplitude (F, SIGF) or intensity (I, SIGI) columns{hint}; columns: "
                      f"{', '.join(columns)}", path=path)
+
+
+def _friedel_mates_apart(sg: gemmi.SpaceGroup, hkl: np.ndarray, group: np.ndarray) -> bool:
+    """Whether some of the repeated reflections ``hkl`` (``group``: which unique reflection each is)
+    are there as h and -h: anomalous data with Friedel mates kept apart, rather than unmerged data."""
+    asu, ops = gemmi.ReciprocalAsu(sg), sg.operations()
+    # gemmi's isym is odd for an index related to the asymmetric unit's by a rotation, even for its
+    # Friedel mate: an acentric group with both has h and -h (for a centric one they are the same)
+    friedel = np.array([asu.to_asu(h, ops)[1] % 2 == 0 for h in hkl.tolist()], dtype=bool)
+    acentric = ~ops.centric_flag_array(hkl).astype(bool)
+    n_groups = int(group.max()) + 1
+    return bool(np.any((np.bincount(group, weights=friedel & acentric, minlength=n_groups) > 0)
+                       & (np.bincount(group, weights=~friedel & acentric, minlength=n_groups) > 0)))
+
+
+def _other_observations(mtz: gemmi.Mtz, chosen: gemmi.Mtz.Column) -> list[str]:
+    """Labels of the observation columns (with a sigma) other than ``chosen``: other data sets."""
+    columns = {c.label: c for c in mtz.columns}
+    return [c.label for c in mtz.columns
+            if c.type in "FJ" and c.label != chosen.label
+            and not (c.type == "F" and _CALCULATED.match(c.label)) and _sigma_of(c, columns) is not None]
 
 
 def _sigma_of(col: gemmi.Mtz.Column, columns: dict[str, gemmi.Mtz.Column]) -> gemmi.Mtz.Column | None:
@@ -416,7 +490,7 @@ def mtz_bytes(data: ReflectionData, columns: dict[str, tuple[str, np.ndarray]]) 
     n = src.nreflections
     out = gemmi.Mtz(with_base=True)
     out.spacegroup = src.spacegroup
-    out.set_cell_for_all(src.cell)
+    out.set_cell_for_all(data.cell)
     out.title = "refinekit xtal refine"
     out.add_dataset("refinekit")
     out.datasets[-1].wavelength = src.datasets[-1].wavelength if len(src.datasets) else 0.0

@@ -62,6 +62,8 @@ class RFactorReport:
                  + (" (intensities, French-Wilson)" if self.data.get("intensities") else ""),
                  f"free set    : {self.free_set['label']} ({self.free_set['convention']})",
                  f"bulk solvent: k_sol {self.scale['k_sol']:.3f}, B_sol {self.scale['b_sol']:.1f}"]
+        # what the reader chose or left out of the file (columns, blocks, rows by status): to know
+        lines += [f"note        : {note}" for note in self.data.get("notes", [])]
         if self.twin.get("law"):
             lines.append(f"twin        : {self.twin['law']}, fraction {self.twin['fraction']:.3f} "
                          f"(untwinned R {self.twin['untwinned_r_work']:.4f}/"
