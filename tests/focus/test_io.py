@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 import pytest
 import tifffile
+from PIL import Image, ImageOps
 
 from refinekit.core import InputError
 from refinekit.focus.io import ArrayStack, check_image_format, encode_image, read_stack, to_dtype, write_image
@@ -50,7 +51,7 @@ def test_sixteen_bit_frames_keep_their_depth(tmp_path: Path) -> None:
 def test_multipage_and_imagej_tiff(tmp_path: Path) -> None:
     data = np.arange(4 * 6 * 8, dtype=np.uint16).reshape(4, 6, 8)
     tifffile.imwrite(tmp_path / "plain.tif", data, photometric="minisblack")
-    tifffile.imwrite(tmp_path / "ij.tif", data, imagej=True)
+    tifffile.imwrite(tmp_path / "ij.tif", data, imagej=True, metadata={"axes": "ZYX"})  # as ImageJ writes a z-stack
     rgb = (np.arange(3 * 5 * 7 * 3) % 251).astype(np.uint8).reshape(3, 5, 7, 3)
     tifffile.imwrite(tmp_path / "rgb.tif", rgb, photometric="rgb")
     for name in ("plain.tif", "ij.tif"):
@@ -171,3 +172,94 @@ def test_single_frame_gifs_are_frames_and_an_animated_one_is_refused(tmp_path: P
     iio.imwrite(animated := tmp_path / "animated.gif", np.stack(images[:2]))
     with pytest.raises(InputError, match="animated"):
         read_stack([animated, paths[0]])
+
+
+def test_exif_orientation_turns_frames_upright(tmp_path: Path) -> None:
+    """A phone's portrait JPEG is stored sideways with EXIF orientation 6. OpenCV's IMREAD_UNCHANGED
+    and the header probe ignored the tag: frames came out sideways, and refused as "another size"
+    beside an untagged frame of the upright size."""
+    rng = np.random.default_rng(0)
+    paths = []
+    for k in range(2):
+        image = Image.fromarray((rng.random((20, 30, 3)) * 255).astype(np.uint8))
+        exif = image.getexif()
+        exif[0x0112] = 6
+        image.save(path := tmp_path / f"phone{k}.jpg", exif=exif, quality=95)
+        paths.append(path)
+    Image.fromarray((rng.random((30, 20, 3)) * 255).astype(np.uint8)).save(tmp_path / "plain.jpg")
+    stack = read_stack([*paths, tmp_path / "plain.jpg"])
+    assert stack.shape == (30, 20)
+    for k, path in enumerate(stack.paths):
+        assert np.array_equal(stack.read(k), np.asarray(ImageOps.exif_transpose(Image.open(path))))
+
+
+def test_grey_alpha_png_is_a_grey_frame(tmp_path: Path) -> None:
+    """OpenCV decodes a grey + alpha PNG as BGRA: it was read as a colour frame, and refused beside
+    a grey PNG of the same camera."""
+    grey_alpha = (np.random.default_rng(1).random((6, 8, 2)) * 255).astype(np.uint8)
+    Image.fromarray(grey_alpha, "LA").save(tmp_path / "la.png")
+    grey = _write(tmp_path / "grey.png", np.full((6, 8), 9, np.uint8))
+    stack = read_stack([tmp_path / "la.png", grey])
+    assert stack.channels == 1 and np.array_equal(stack.read(0), grey_alpha[..., 0])
+
+
+def test_one_bit_and_float16_frames_are_read(tmp_path: Path) -> None:
+    """Pillow reports a 1-bit BMP (and tifffile a 1-bit TIFF) as bool, refused as a pixel type;
+    float16 TIFF was refused too (ArrayStack takes any float)."""
+    bits = np.random.default_rng(2).random((2, 6, 8)) > 0.5
+    for k in range(2):
+        Image.fromarray(bits[k]).save(tmp_path / f"b{k}.bmp")
+    stack = read_stack([tmp_path / "b0.bmp", tmp_path / "b1.bmp"])
+    assert stack.dtype == np.uint8 and np.array_equal(stack.read(1), bits[1] * np.uint8(255))
+    tifffile.imwrite(tmp_path / "bits.tif", bits, photometric="minisblack")
+    assert np.array_equal(read_stack([tmp_path / "bits.tif"]).read(0), bits[0] * np.uint8(255))
+    half = np.linspace(0, 1, 2 * 6 * 8, dtype=np.float16).reshape(2, 6, 8)
+    tifffile.imwrite(tmp_path / "half.tif", half, photometric="minisblack")
+    stack = read_stack([tmp_path / "half.tif"])
+    assert stack.dtype == np.float32 and np.array_equal(stack.read(1), half[1].astype(np.float32))
+
+
+def test_planar_rgb_tiff_is_one_colour_frame(tmp_path: Path) -> None:
+    """An RGB TIFF stored as three planes (planar configuration "separate", axes SYX) was read as
+    three grey frames R, G and B; several such pages were refused as "more than one stack axis"."""
+    rgb = (np.arange(3 * 5 * 7 * 3) % 251).astype(np.uint8).reshape(3, 5, 7, 3)
+    planes = np.ascontiguousarray(np.moveaxis(rgb, -1, 1))  # (n, 3, H, W)
+    for k in range(2):
+        tifffile.imwrite(tmp_path / f"p{k}.tif", planes[k], photometric="rgb", planarconfig="separate")
+    stack = read_stack([tmp_path / "p0.tif", tmp_path / "p1.tif"])
+    assert len(stack) == 2 and stack.channels == 3 and np.array_equal(stack.read(1), rgb[1])
+    tifffile.imwrite(tmp_path / "pages.tif", planes, photometric="rgb", planarconfig="separate")
+    stack = read_stack([tmp_path / "pages.tif"])
+    assert len(stack) == 3 and all(np.array_equal(stack.read(k), rgb[k]) for k in range(3))
+
+
+def test_tiff_channels_are_not_taken_for_focal_planes(tmp_path: Path) -> None:
+    """An ImageJ or OME TIFF of channels only (axes CYX: dyes, not focal planes) was fused as a
+    z-stack; one with Z and C is refused, one with Z and a single channel is read along Z."""
+    data = np.arange(2 * 3 * 4 * 5, dtype=np.uint16).reshape(2, 3, 4, 5)
+    tifffile.imwrite(tmp_path / "c.tif", data[0], imagej=True, metadata={"axes": "CYX"})
+    tifffile.imwrite(tmp_path / "c.ome.tif", data[0], metadata={"axes": "CYX"})
+    tifffile.imwrite(tmp_path / "zc.tif", np.moveaxis(data, 0, 1), imagej=True, metadata={"axes": "ZCYX"})
+    for name, needle in (("c.tif", "are channels"), ("c.ome.tif", "are channels"),
+                         ("zc.tif", "more than one stack axis")):
+        with pytest.raises(InputError, match=needle):
+            read_stack([tmp_path / name])
+    tifffile.imwrite(tmp_path / "z.ome.tif", data[:1], metadata={"axes": "CZYX"})
+    stack = read_stack([tmp_path / "z.ome.tif"])
+    assert len(stack) == 3 and np.array_equal(stack.read(2), data[0, 2])
+
+
+def test_tiff_compression_without_its_codec_is_refused_up_front(tmp_path: Path) -> None:
+    """LZW (and JPEG, PackBits...) TIFFs need imagecodecs; without it the stack was accepted and
+    failed when the frame was first decoded, in the middle of the work."""
+    try:
+        tifffile.TIFF.DECOMPRESSORS[5]
+        pytest.skip("imagecodecs is installed: LZW decodes")
+    except KeyError:
+        pass
+    tifffile.imwrite(tmp_path / "lzw.tif", np.zeros((3, 4, 4), np.uint8), photometric="minisblack")
+    with tifffile.TiffFile(tmp_path / "lzw.tif", mode="r+b") as tif:
+        for page in tif.pages:
+            page.tags["Compression"].overwrite(5)  # as an LZW file says (no LZW writer here)
+    with pytest.raises(InputError, match="imagecodecs"):
+        read_stack([tmp_path / "lzw.tif"])

@@ -207,11 +207,15 @@ def _natural_key(path: Path) -> list:
 
 def read_stack(inputs: Sequence[str | os.PathLike[str]]) -> FrameStack:
     """Open a focal stack: image files, folders of images (sorted by name, numbers in numeric order),
-    or multi-page / ImageJ TIFF files (one frame per page), in the order given.
+    or multi-page / ImageJ / OME TIFF files (one frame per page or Z slice), in the order given.
 
-    Refuses (:class:`~refinekit.core.InputError`, one line naming the file): a missing, unreadable or
-    empty file, an empty folder, fewer than two frames, frames of different sizes, bit depths or
-    channel counts, and bit depths other than 8, 16 (integer) or 32 (float).
+    Frames are turned upright as their EXIF orientation says; an alpha channel is dropped; 1-bit
+    images read as 8-bit (0 and 255), float16 and float64 as float32. 12-bit data in 16-bit files is
+    taken as 16-bit (the result keeps its values). Refuses (:class:`~refinekit.core.InputError`, one
+    line naming the file): a missing, unreadable or empty file, an empty folder, fewer than two
+    frames, frames of different sizes, bit depths or channel counts, integer types other than 8- and
+    16-bit unsigned, a TIFF whose frames are channels (C) or that spans two stack axes, and a TIFF
+    compression tifffile cannot decode here.
     """
     if not inputs:
         raise InputError("no frames given")
@@ -271,7 +275,7 @@ def _probe(path: Path) -> list[tuple[FrameRef, FrameProps]]:
         return _probe_tiff(path)
     png = _probe_png(path)
     if png is not None:
-        return [(FrameRef(path), png)]
+        return [(FrameRef(path), _oriented(png, _exif_orientation(path)))]
     try:
         import imageio.v3 as iio
 
@@ -285,7 +289,41 @@ def _probe(path: Path) -> list[tuple[FrameRef, FrameProps]]:
         raise InputError("animated or multi-frame image: give multi-frame stacks as TIFF", path=path)
     if props.is_batch:  # Pillow reports any GIF as a batch, one of a single frame too
         shape = shape[1:]
-    return [(FrameRef(path), _check_props(path, shape, dtype))]
+    return [(FrameRef(path), _oriented(_check_props(path, shape, dtype), _exif_orientation(path)))]
+
+
+def _exif_orientation(path: Path) -> int:
+    """The EXIF orientation (1-8) of a JPEG, PNG or WebP file, 1 where it has none. Phones and many
+    cameras store a portrait picture sideways with this tag; viewers, Pillow's ``exif_transpose`` and
+    ``cv2.imread`` turn it upright, but OpenCV's ``IMREAD_UNCHANGED`` and a header probe do not. Only
+    the header is read; a file Pillow cannot open is left to the decoder's own error."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            raw = image.info.get("exif")  # parsed with the header: no pixel is decoded
+            if not raw:
+                return 1
+            exif = Image.Exif()
+            exif.load(raw)
+            orientation = int(exif.get(0x0112, 1))
+    except Exception:
+        return 1
+    return orientation if 1 <= orientation <= 8 else 1
+
+
+def _oriented(props: FrameProps, orientation: int) -> FrameProps:
+    """Frame properties after :func:`_upright`: orientations 5-8 swap height and width."""
+    (height, width), channels, dtype = props
+    return ((width, height) if orientation >= 5 else (height, width)), channels, dtype
+
+
+def _upright(image: np.ndarray, orientation: int) -> np.ndarray:
+    """``image`` turned as its EXIF orientation asks (as Pillow's ``ImageOps.exif_transpose``)."""
+    turns = {2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
+             5: lambda a: a.swapaxes(0, 1), 6: lambda a: np.rot90(a, -1),
+             7: lambda a: a.swapaxes(0, 1)[::-1, ::-1], 8: lambda a: np.rot90(a, 1)}
+    return turns[orientation](image) if orientation in turns else image
 
 
 def _probe_png(path: Path) -> FrameProps | None:
@@ -302,8 +340,10 @@ def _probe_png(path: Path) -> FrameProps | None:
         raise InputError("not a readable image (truncated PNG header)", path=path)
     width, height = int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
     bit_depth, colour_type = head[24], head[25]
-    # OpenCV gives grey for type 0, BGR(A) for 2 (RGB), 3 (palette), 4 (grey + alpha), 6 (RGBA)
-    channels = 1 if colour_type == 0 else 3
+    # OpenCV gives grey for type 0, BGR(A) for 2 (RGB), 3 (palette), 4 (grey + alpha), 6 (RGBA);
+    # _decode takes grey + alpha back to grey (it is a grey image: as RGB it was refused beside grey
+    # frames of the same camera, and cost three times the memory and work)
+    channels = 1 if colour_type in (0, 4) else 3
     dtype = np.dtype(np.uint16) if bit_depth == 16 else np.dtype(np.uint8)
     if width < 1 or height < 1:
         raise InputError("empty image", path=path)
@@ -334,8 +374,16 @@ def _probe_tiff(path: Path) -> list[tuple[FrameRef, FrameProps]]:
         with _quiet_tifffile(), tifffile.TiffFile(path) as tif:
             layouts = [(tuple(int(s) for s in series.shape), np.dtype(series.dtype), series.axes)
                        for series in tif.series]
+            compressions = {int(series.keyframe.compression) for series in tif.series}
     except Exception as exc:
         raise InputError(f"not a readable TIFF ({error_reason(exc)})", path=path) from None
+    for compression in compressions - {1}:
+        # LZW, JPEG, PackBits, zstd... need the imagecodecs package: found here, not when the frame
+        # is first decoded in the middle of the work
+        try:
+            tifffile.TIFF.DECOMPRESSORS[compression]
+        except KeyError as exc:
+            raise InputError(f"cannot decode this TIFF: {exc.args[0]}", path=path) from None
     if not layouts:
         raise InputError("not a readable TIFF (no image in it)", path=path)
     props: list[FrameProps] = []
@@ -347,21 +395,47 @@ def _probe_tiff(path: Path) -> list[tuple[FrameRef, FrameProps]]:
     return [(FrameRef(path, i), prop) for i, prop in enumerate(props)]
 
 
-def _tiff_layout(path: Path, shape: tuple[int, ...], axes: str) -> tuple[tuple[int, ...], int]:
-    """(shape of one frame, number of frames) of a TIFF series: YX, YXS, then any leading frame axes."""
+def _frame_axes(shape: tuple[int, ...], axes: str) -> tuple[int, bool] | None:
+    """How many trailing axes of a TIFF series make one frame (YX, YXS, or SYX: RGB stored as one
+    plane per colour, planar configuration "separate"), and whether the samples come first (SYX);
+    None for a layout that ends in no frame."""
     if axes.endswith("YXS") and shape[-1] in (3, 4):
-        frame, lead = shape[-3:], shape[:-3]
-    elif axes.endswith("YX"):
-        frame, lead = shape[-2:], shape[:-2]
-    else:
+        return 3, False
+    if axes.endswith("SYX") and shape[-3] in (3, 4):  # was read as three grey frames R, G, B
+        return 3, True
+    if axes.endswith("YX"):
+        return 2, False
+    return None
+
+
+def _tiff_layout(path: Path, shape: tuple[int, ...], axes: str) -> tuple[tuple[int, ...], int]:
+    """(shape of one frame, number of frames) of a TIFF series: YX, YXS or SYX, then any leading
+    frame axes."""
+    layout = _frame_axes(shape, axes)
+    if layout is None:
         raise InputError(f"unsupported TIFF layout (axes {axes}, shape {shape})", path=path)
-    if len([n for n in lead if n > 1]) > 1:
+    dims, planar = layout
+    frame, lead = shape[-dims:], shape[:-dims]
+    if planar:
+        frame = (*frame[1:], frame[0])
+    stacked = [(axis, n) for axis, n in zip(axes, lead, strict=False) if n > 1]
+    if len(stacked) > 1:
         raise InputError(f"TIFF has more than one stack axis (axes {axes}, shape {shape}): "
                          "give a single z-series", path=path)
+    if stacked and stacked[0][0] in "CS":
+        # channels (fluorescence dyes, colours) are not focal planes: fused as such they gave
+        # nonsense without a word. tifffile writes an (n, H, W) array as channels for imagej=True
+        # and OME-TIFF unless it is told metadata={"axes": "ZYX"}.
+        raise InputError(f"the TIFF's {stacked[0][1]} images are channels (axes {axes}), not focal "
+                         "planes: give a z-series (axes ZYX)", path=path)
     return frame, int(np.prod(lead)) if lead else 1
 
 
 def _check_props(path: Path, shape: tuple[int, ...], dtype: np.dtype) -> FrameProps:
+    if dtype == np.bool_:
+        dtype = np.dtype(np.uint8)  # 1-bit (bilevel): _decode gives black and white as 0 and 255
+    elif dtype.kind == "f":
+        dtype = np.dtype(np.float32)  # float16 and float64: _decode converts them
     if len(shape) == 2:
         channels = 1
     elif len(shape) == 3 and shape[2] in (1, 3, 4):
@@ -369,8 +443,7 @@ def _check_props(path: Path, shape: tuple[int, ...], dtype: np.dtype) -> FramePr
     else:
         raise InputError(f"unsupported image shape {shape}", path=path)
     if dtype not in _SUPPORTED_DTYPES:
-        raise InputError(f"unsupported pixel type {dtype} (8- or 16-bit integer, or 32-bit float)",
-                         path=path)
+        raise InputError(f"unsupported pixel type {dtype} (8- or 16-bit integer, or float)", path=path)
     if shape[0] < 1 or shape[1] < 1:
         raise InputError("empty image", path=path)
     return (int(shape[0]), int(shape[1])), channels, dtype
@@ -385,7 +458,12 @@ def _decode(ref: FrameRef) -> np.ndarray:
 
             with _quiet_tifffile(), tifffile.TiffFile(path) as tif:
                 series = tif.series[0]
-                data = series.asarray() if ref.index is None else _tiff_frame(tif.series, ref.index)
+                if ref.index is None:
+                    data = np.asarray(series.asarray())
+                    if (_frame_axes(series.shape, series.axes) or (2, False))[1]:
+                        data = np.moveaxis(data, -3, -1)  # planes R, G, B to (H, W, 3)
+                else:
+                    data = _tiff_frame(tif.series, ref.index)
             image = np.asarray(data)
         else:
             import cv2
@@ -395,17 +473,25 @@ def _decode(ref: FrameRef) -> np.ndarray:
             if cut:
                 raise InputError(f"cannot decode image ({cut})", path=path)
             image = cv2.imdecode(raw, cv2.IMREAD_UNCHANGED) if raw.size else None
-            if image is not None and image.ndim == 3:
+            if image is not None and image.ndim == 3 and raw.size > 25 and raw[25] == 4 \
+                    and raw[:8].tobytes() == b"\x89PNG\r\n\x1a\n":
+                image = image[:, :, 0]  # a grey + alpha PNG (OpenCV gives it as BGRA, B = G = R)
+            elif image is not None and image.ndim == 3:
                 code = cv2.COLOR_BGRA2RGB if image.shape[2] == 4 else cv2.COLOR_BGR2RGB
                 image = cv2.cvtColor(image, code)
             if image is None:
                 import imageio.v3 as iio
 
                 image = np.asarray(iio.imread(path))
+            image = _upright(image, _exif_orientation(path))
     except InputError:
         raise
     except Exception as exc:
         raise InputError(f"cannot decode image ({error_reason(exc)})", path=path) from None
+    if image.dtype == np.bool_:
+        image = image.astype(np.uint8) * np.uint8(255)
+    elif image.dtype.kind == "f" and image.dtype != np.float32:
+        image = image.astype(np.float32)
     if image.ndim == 3 and image.shape[2] == 1:
         image = image[:, :, 0]
     elif image.ndim == 3 and image.shape[2] == 4:
@@ -430,7 +516,7 @@ def _tiff_frame(all_series: Sequence, index: int) -> np.ndarray:
     """Frame ``index`` of a TIFF's frames (its series one after the other, as :func:`_probe_tiff`
     counts them), reading only its page where each page is one frame."""
     for series in all_series:
-        frame_dims = 3 if series.axes.endswith("YXS") and series.shape[-1] in (3, 4) else 2
+        frame_dims, planar = _frame_axes(series.shape, series.axes) or (2, False)
         frame_shape = tuple(series.shape[-frame_dims:])
         n_frames = int(np.prod(series.shape[:-frame_dims]))
         if index >= n_frames:
@@ -438,8 +524,10 @@ def _tiff_frame(all_series: Sequence, index: int) -> np.ndarray:
             continue
         pages = series.pages
         if len(pages) == n_frames and pages[index] is not None:
-            return np.asarray(pages[index].asarray()).reshape(frame_shape)
-        return np.asarray(series.asarray()).reshape((n_frames, *frame_shape))[index]
+            frame = np.asarray(pages[index].asarray()).reshape(frame_shape)
+        else:
+            frame = np.asarray(series.asarray()).reshape((n_frames, *frame_shape))[index]
+        return np.moveaxis(frame, 0, -1) if planar else frame  # planes R, G, B to (H, W, 3)
     raise IndexError("the file holds fewer frames than when it was first read")
 
 
