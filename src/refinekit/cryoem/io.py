@@ -670,6 +670,32 @@ def relative_image_name(stack: Path, index: int, star_dir: Path) -> str:
     return f"{index:06d}@{rel}"
 
 
+_REBUILT_OPTICS = frozenset(
+    {
+        "rlnOpticsGroup",
+        "rlnOpticsGroupName",
+        *OPTICS_COLUMNS,
+        "rlnImagePixelSize",
+        "rlnImageSize",
+        "rlnImageDimensionality",
+    }
+)
+
+
+def _source_optics_rows(stack: ParticleStack) -> np.ndarray | None:
+    """The row of ``stack.optics`` each particle belongs to, or None where there is no optics table."""
+    if not stack.optics or "rlnOpticsGroup" not in stack.optics:
+        return None
+    lookup = {int(g): i for i, g in enumerate(np.asarray(stack.optics["rlnOpticsGroup"]).astype(int))}
+    groups = stack.particles.get("rlnOpticsGroup")
+    if groups is None:
+        return np.zeros(len(stack), dtype=int) if len(lookup) == 1 else None
+    try:
+        return np.array([lookup[int(g)] for g in groups])
+    except (KeyError, TypeError, ValueError):  # read_particles refuses such files; built by hand
+        return None
+
+
 def particles_star_blocks(
     stack: ParticleStack,
     star_dir: Path,
@@ -688,17 +714,40 @@ def particles_star_blocks(
         )
     pixel = stack.pixel_size
     keys = np.stack([stack.ctf.voltage, stack.ctf.cs, stack.ctf.amplitude_contrast], axis=1)
-    unique, group_index = np.unique(np.round(keys, 6), axis=0, return_inverse=True)
+    source = _source_optics_rows(stack)
+    if source is not None:  # input groups stay apart (they may differ in beam tilt, MTF, ...)
+        keys = np.column_stack([source, keys])
+    unique, first, group_index = np.unique(np.round(keys, 6), axis=0, return_index=True, return_inverse=True)
     group_index = group_index.ravel()
+    unique = unique[:, -3:]
+    k = unique.shape[0]
+    ids = np.arange(1, k + 1)
+    names = [f"opticsGroup{i + 1}" for i in range(k)]
+    carried: dict[str, Any] = {}
+    if source is not None and stack.optics is not None:
+        rows = source[first]
+        input_ids = np.asarray(stack.optics["rlnOpticsGroup"]).astype(int)[rows]
+        if len(set(input_ids.tolist())) == k:  # no input group split: keep its number and name
+            ids = input_ids
+            if "rlnOpticsGroupName" in stack.optics:
+                names = [str(v) for v in np.asarray(stack.optics["rlnOpticsGroupName"])[rows]]
+        # the optics columns not rebuilt here (rlnMicrographOriginalPixelSize, rlnMtfFileName, beam
+        # tilt, ...) are carried on: RELION's later jobs (CtfRefine, Polish) need them
+        carried = {
+            col: np.asarray(values)[rows]
+            for col, values in stack.optics.items()
+            if col not in _REBUILT_OPTICS
+        }
     optics: dict[str, Any] = {
-        "rlnOpticsGroup": np.arange(1, unique.shape[0] + 1),
-        "rlnOpticsGroupName": [f"opticsGroup{i + 1}" for i in range(unique.shape[0])],
+        "rlnOpticsGroup": ids,
+        "rlnOpticsGroupName": names,
         "rlnVoltage": unique[:, 0],
         "rlnSphericalAberration": unique[:, 1],
         "rlnAmplitudeContrast": unique[:, 2],
-        "rlnImagePixelSize": np.full(unique.shape[0], pixel),
-        "rlnImageSize": np.full(unique.shape[0], stack.box, dtype=int),
-        "rlnImageDimensionality": np.full(unique.shape[0], 2, dtype=int),
+        "rlnImagePixelSize": np.full(k, pixel),
+        "rlnImageSize": np.full(k, stack.box, dtype=int),
+        "rlnImageDimensionality": np.full(k, 2, dtype=int),
+        **carried,
     }
     dropped = {
         "rlnOpticsGroup",
@@ -720,7 +769,7 @@ def particles_star_blocks(
     for col, values in stack.particles.items():
         if col not in dropped:
             particles[col] = values
-    particles["rlnOpticsGroup"] = group_index + 1
+    particles["rlnOpticsGroup"] = ids[group_index]
     particles["rlnDefocusU"] = stack.ctf.defocus_u
     particles["rlnDefocusV"] = stack.ctf.defocus_v
     particles["rlnDefocusAngle"] = stack.ctf.defocus_angle
