@@ -15,6 +15,7 @@ from typing import Any
 import gemmi
 import numpy as np
 
+from .. import __version__
 from ..core import (
     Alarm,
     InputError,
@@ -265,7 +266,13 @@ class RefinementJob:
         sigmaa = problem.sigmaa_for(x)
         two, diff, fom = map_coefficients(data, f_model, sigmaa)
         problem.model.set_parameters(x)
-        structure = problem.model.structure.clone()
+        if result.history and result.kept.cycle == 0:
+            # the kept model is the starting one: written as read (with its riding hydrogens), not from
+            # the parameters, whose B-factors were clipped to the refinement's bounds
+            structure = AtomicModel(self.structure, self.monlib, hydrogens=self.hydrogens,
+                                    refine_occupancy=self.occupancy).structure.clone()
+        else:
+            structure = problem.model.structure.clone()
         alarms = list(result.alarms)
         first = result.history[0]
         bias = free_set_bias_warning(first.figures.get("r_work", math.nan),
@@ -385,16 +392,46 @@ def write_plot(result: XtalRefinementResult, path: str | os.PathLike[str], title
 
 
 def _annotate(st: gemmi.Structure, result: XtalRefinementResult) -> None:
+    """Replace the input's record of its refinement (program, R factors, resolution) with this one's."""
     best = result.kept.figures
-    st.meta.software = [*st.meta.software]
+    r_work = float(best.get("r_work", math.nan))
+    r_free = float(best.get("r_free", math.nan))
+    d_min = float(result.data_info.get("d_min", math.nan))
+    d_max = float(result.data_info.get("d_max", math.nan))
+    # the input's refinement program (REFMAC, PHENIX...) did not make this model: refinekit did
+    software = gemmi.SoftwareItem()
+    software.name = "refinekit"
+    software.version = __version__
+    software.classification = gemmi.SoftwareItem.Classification.Refinement
+    st.meta.software = [s for s in st.meta.software
+                        if s.classification != gemmi.SoftwareItem.Classification.Refinement] + [software]
     info = gemmi.RefinementInfo() if hasattr(gemmi, "RefinementInfo") else None
     if info is not None:
         info.id = "1"
-        info.r_work = float(best.get("r_work", math.nan))
-        info.r_free = float(best.get("r_free", math.nan))
-        info.resolution_high = float(result.data_info.get("d_min", math.nan))
-        info.resolution_low = float(result.data_info.get("d_max", math.nan))
+        info.r_work = r_work
+        info.r_free = r_free
+        info.resolution_high = d_min
+        info.resolution_low = d_max
         st.meta.refinement = [info]
+    # the PDB writer copies the input's REMARKs verbatim and makes no REMARK 3 of its own: the input's
+    # would give the old program and R factors, so it is replaced by this refinement's
+    others = [line for line in st.raw_remarks if not line.startswith("REMARK   3")]
+    at = next((i for i, line in enumerate(others) if line[6:10].strip().isdigit() and int(line[6:10]) > 3),
+              len(others))
+    st.raw_remarks = others[:at] + _remark3(r_work, r_free, d_min, d_max) + others[at:]
+
+
+def _remark3(r_work: float, r_free: float, d_min: float, d_max: float) -> list[str]:
+    """PDB REMARK 3 lines (the wwPDB layout, which gemmi and others read back) of this refinement."""
+    def value(v: float, digits: int) -> str:
+        return f"{v:.{digits}f}" if math.isfinite(v) else "NULL"
+
+    body = ["", "REFINEMENT.", f"  PROGRAM     : REFINEKIT {__version__}", "",
+            " DATA USED IN REFINEMENT.", f"  RESOLUTION RANGE HIGH (ANGSTROMS) : {value(d_min, 2)}",
+            f"  RESOLUTION RANGE LOW  (ANGSTROMS) : {value(d_max, 2)}", "",
+            " FIT TO DATA USED IN REFINEMENT.", f"  R VALUE            (WORKING SET) : {value(r_work, 3)}",
+            f"  FREE R VALUE                     : {value(r_free, 3)}"]
+    return [f"REMARK   3 {text}".rstrip().ljust(80) for text in body]
 
 
 def refine_structure(model_path: str | os.PathLike[str], data_path: str | os.PathLike[str],

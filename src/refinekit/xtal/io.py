@@ -474,9 +474,14 @@ def _find_free_column(mtz: gemmi.Mtz, label: str | None, path: Path) -> gemmi.Mt
 # ------------------------------------------------------------------------------------ writing
 def model_texts(st: gemmi.Structure, cif_path: str | os.PathLike[str] | None,
                 pdb_path: str | os.PathLike[str] | None) -> dict[str | os.PathLike[str], str]:
-    """``st`` as mmCIF and/or PDB text, keyed by the path each is for (``None`` paths left out)."""
+    """``st`` as mmCIF and/or PDB text, keyed by the path each is for (``None`` paths left out).
+
+    Polymer residues without a label_seq_id are given one (in ``st``)."""
     texts: dict[str | os.PathLike[str], str] = {}
     if cif_path is not None:
+        # a model read from PDB has no label_seq_id: without it the mmCIF's polymer atoms (and struct_conn
+        # partners) have '.', which the dictionary forbids; numbered as `gemmi convert` does, by SEQRES
+        st.assign_label_seq_id(False)
         texts[cif_path] = st.make_mmcif_document(gemmi.MmcifOutputGroups(True)).as_string()
     if pdb_path is not None:
         texts[pdb_path] = st.make_pdb_string(gemmi.PdbWriteOptions())
