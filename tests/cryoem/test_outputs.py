@@ -78,3 +78,33 @@ def test_simulated_and_refined_files_are_what_relion_and_chimerax_read(small_sim
     particles = starfile.read(folder / "truth.star", always_dict=True)["particles"]
     angles = [particles[c].to_numpy() for c in ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi")]
     assert np.abs(euler_to_matrix(*angles) - sim.rotations).max() < 1e-6
+
+
+def test_refined_maps_keep_the_references_origin(small_simulation, tmp_path):
+    """EMDB maps start at -box/2 (nstart): the refined maps carry the reference's origin so that they
+    overlay it in ChimeraX (they were written at origin 0)."""
+    from typer.testing import CliRunner
+
+    from refinekit.cli import app
+    from refinekit.cryoem import read_map
+
+    folder, _ = small_simulation
+    reference = tmp_path / "reference.mrc"
+    with mrcfile.open(folder / "initial_reference.mrc") as mrc:
+        data, voxel = mrc.data.copy(), float(mrc.voxel_size.x)
+    with mrcfile.new(reference) as mrc:
+        mrc.set_data(data)
+        mrc.voxel_size = voxel
+        mrc.header.nxstart = mrc.header.nystart = mrc.header.nzstart = -16
+        mrc.header.origin = (1.5, 0.0, 0.0)
+    expected = (1.5 - 16 * voxel, -16 * voxel, -16 * voxel)
+    assert np.allclose(read_map(reference).origin, expected)
+    out = tmp_path / "refined"
+    res = CliRunner().invoke(app, ["cryoem", "refine", str(folder / "particles.star"), "--reference",
+                                   str(reference), "-o", str(out), "--max-iterations", "1"],
+                             catch_exceptions=False)
+    assert res.exit_code == 0, res.stderr
+    for name in ("map.mrc", "half_map_1.mrc", "half_map_2.mrc", "mask.mrc"):
+        with mrcfile.open(out / name) as mrc:
+            assert np.allclose([float(mrc.header.origin[a]) for a in "xyz"], expected), name
+    assert np.allclose(read_map(out / "map.mrc").origin, expected)

@@ -235,7 +235,7 @@ def refine_command(
     result = refine_particles(
         stack, density.data, options, backend=backend, callbacks=[ProgressBar("refining")], log=log
     )
-    paths = write_refinement(out, result, stack, inputs)
+    paths = write_refinement(out, result, stack, inputs, origin=density.origin)  # maps overlay the reference
     payload = result.to_dict()
     payload["outputs"] = {k: str(v) for k, v in paths.items()}
     text = result.report() + f"\noutputs     : {out}/ ({', '.join(sorted(p.name for p in paths.values()))})"

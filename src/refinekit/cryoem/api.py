@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -198,13 +198,17 @@ def write_refinement(
     result: CryoEMResult,
     stack: ParticleStack,
     inputs: Iterable[str | os.PathLike[str]] = (),
+    *,
+    origin: Sequence[float] | None = None,
 ) -> dict[str, Path]:
     """Write the outputs of a refinement into ``outdir`` (created if needed; all of them or, on a
     failure, none, and none over an input): ``map.mrc`` (both halves, Wiener-filtered with the FSC),
     ``half_map_1.mrc``, ``half_map_2.mrc`` (unfiltered: the FSC is measured on them), ``mask.mrc``,
     ``particles.star`` (RELION 3.1: angles, ``rlnOriginX/YAngst``, ``rlnRandomSubset``),
     ``fsc.csv`` and ``fsc.png`` (unmasked, masked, phase-randomised, corrected),
-    ``iterations.json`` (the result with one record per iteration)."""
+    ``iterations.json`` (the result with one record per iteration). ``origin``: the maps' first voxel
+    position (x, y, z, Angstrom), e.g. the reference's (``DensityMap.origin``), so that they overlay it
+    in a viewer."""
     out = Path(outdir)
     paths = {name: out / name for name in OUTPUT_FILES}
     input_paths = [Path(p).resolve() for p in inputs]
@@ -225,21 +229,24 @@ def write_refinement(
     # all or none: a failure on the last file (a full disk) must not leave new maps beside an older
     # run's particles.star and iterations.json, nor a folder made for them
     with output_folder(out), atomic_outputs([paths[name] for name in names]) as staged:
-        _write_refinement_files(dict(zip(names, staged, strict=True)), result, blocks)
+        _write_refinement_files(dict(zip(names, staged, strict=True)), result, blocks, origin)
     return {name: paths[name] for name in names}
 
 
 def _write_refinement_files(
-    paths: dict[str, Path], result: CryoEMResult, blocks: dict[str, dict[str, Any]] | None
+    paths: dict[str, Path],
+    result: CryoEMResult,
+    blocks: dict[str, dict[str, Any]] | None,
+    origin: Sequence[float] | None = None,
 ) -> None:
     state = result.x
     pixel = result.pixel_size
-    write_map(paths["map.mrc"], state.full_map, pixel)
+    write_map(paths["map.mrc"], state.full_map, pixel, origin)
     halves = state.raw_half_maps if state.raw_half_maps is not None else state.half_maps
-    write_map(paths["half_map_1.mrc"], halves[0], pixel)
-    write_map(paths["half_map_2.mrc"], halves[1], pixel)
+    write_map(paths["half_map_1.mrc"], halves[0], pixel, origin)
+    write_map(paths["half_map_2.mrc"], halves[1], pixel, origin)
     mask = state.mask if state.mask is not None else np.ones_like(state.full_map)
-    write_map(paths["mask.mrc"], mask, pixel)
+    write_map(paths["mask.mrc"], mask, pixel, origin)
     if blocks is not None:
         write_star(paths["particles.star"], blocks, "refinekit cryoem refine: refined poses")
     fsc = state.fsc

@@ -41,10 +41,13 @@ from .geometry import euler_to_matrix, matrix_to_euler
 # ------------------------------------------------------------------------------------------ MRC
 @dataclass
 class DensityMap:
-    """A 3D map (``[z, y, x]``, float32) and its voxel size in Angstrom (None where the header has none)."""
+    """A 3D map (``[z, y, x]``, float32), its voxel size in Angstrom (None where the header has none) and
+    ``origin``: where its first voxel lies, (x, y, z) in Angstrom, from the header's origin and start
+    indices (EMDB maps start at -box/2): a map written with it overlays this one in ChimeraX."""
 
     data: np.ndarray
     pixel_size: float | None
+    origin: tuple[float, float, float] = (0.0, 0.0, 0.0)
 
     @property
     def box(self) -> int:
@@ -116,11 +119,29 @@ def read_map(path: str | os.PathLike[str]) -> DensityMap:
         raise InputError("the map contains NaN or Inf values", path=path)
     if not np.any(data):
         raise InputError("the map is all zeros", path=path)
-    return DensityMap(data, pixel)
+    return DensityMap(data, pixel, _origin_of(path, pixel))
 
 
-def write_mrc(path: str | os.PathLike[str], data: np.ndarray, pixel_size: float | None) -> None:
-    """Write a map (3D) or an image stack (``(n, y, x)``, MRC space group 0) atomically as float32."""
+def _origin_of(path: Path, pixel: float | None) -> tuple[float, float, float]:
+    """The first voxel's position (x, y, z, Angstrom): the header's origin plus its start indices times
+    the voxel size (0 where either is unknown or not finite)."""
+    import mrcfile
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with mrcfile.open(path, mode="r", permissive=True, header_only=True) as mrc:
+            header = mrc.header
+            origin = [float(header.origin[axis]) for axis in ("x", "y", "z")]
+            start = [float(header.nxstart), float(header.nystart), float(header.nzstart)]
+    step = pixel if pixel is not None else 0.0
+    position = tuple(o + n * step for o, n in zip(origin, start, strict=True))
+    return position if all(math.isfinite(v) for v in position) else (0.0, 0.0, 0.0)  # type: ignore[return-value]
+
+
+def write_mrc(path: str | os.PathLike[str], data: np.ndarray, pixel_size: float | None,
+              origin: Sequence[float] | None = None) -> None:
+    """Write a map (3D) or an image stack (``(n, y, x)``, MRC space group 0) atomically as float32;
+    ``origin``: the first voxel's position (x, y, z, Angstrom), written in the header's origin field."""
     import mrcfile
 
     path = Path(path)
@@ -134,17 +155,20 @@ def write_mrc(path: str | os.PathLike[str], data: np.ndarray, pixel_size: float 
                 mrc.set_image_stack()
             if pixel_size is not None:
                 mrc.voxel_size = float(pixel_size)
+            if origin is not None:
+                mrc.header.origin = tuple(float(v) for v in origin)
             mrc.update_header_stats()
 
 
-def write_map(path: str | os.PathLike[str], volume: np.ndarray, pixel_size: float | None) -> None:
+def write_map(path: str | os.PathLike[str], volume: np.ndarray, pixel_size: float | None,
+              origin: Sequence[float] | None = None) -> None:
     """Write a 3D map atomically (MRC, float32); a map with NaN or Inf values is refused (every reader,
     ours included, would refuse the file)."""
     if np.asarray(volume).ndim != 3:
         raise ValueError("write_map needs a 3D array")
     if not np.all(np.isfinite(volume)):
         raise ValueError(f"the map for {path} contains NaN or Inf values: not written")
-    write_mrc(path, volume, pixel_size)
+    write_mrc(path, volume, pixel_size, origin)
 
 
 # ----------------------------------------------------------------------------------------- STAR
