@@ -46,6 +46,8 @@ def solve_command(
     from ..core import InputError
     from ..linalg import solve
     from ..linalg.io import read_array, write_array
+    from ..linalg.precision import SparsePrecisionError
+    from ..linalg.systems import MatrixError
 
     check_outputs([output], [matrix, rhs])
     if output.suffix.lower() not in (".mtx", ".npy"):
@@ -60,12 +62,10 @@ def solve_command(
     try:
         result = solve(a, b, precision=precision, method=method, tol=tol, max_iter=max_iter,
                        callbacks=[ProgressBar("refining")])
-    except InputError as exc:
-        if exc.path is None and str(exc).startswith("the matrix A"):  # singular, overflowing: name the file
-            raise InputError(str(exc), path=matrix) from None
-        if exc.path is None and str(exc).startswith("a sparse matrix"):
-            raise InputError(f"{exc} (give --dense to factor it as a dense matrix)", path=matrix) from None
-        raise
+    except MatrixError as exc:  # singular, overflowing: the solver knows no file, name it
+        raise InputError(str(exc), path=matrix) from None
+    except SparsePrecisionError as exc:
+        raise InputError(f"{exc} (give --dense to factor it as a dense matrix)", path=matrix) from None
     if not result.trusted and result.status.success:
         raise InputError(f"A is singular to working precision: {result.alarms[-1].message}", path=matrix)
     payload = result.to_dict()

@@ -516,20 +516,19 @@ def _bounds(system: Any, x: Any, r: Any, corrector: Any, exact_inverse: bool = F
         abs_product, row_terms = sys_i.abs_times_and_counts(np.abs(x_host))
         omegas.append(componentwise_backward_errors(r_host, abs_product, b_host))
         host = (x_host, r_host, abs_product, b_host, row_terms)
-        # GMRES to 1e-3 is plenty for a norm estimate (which needs about one digit)
-        options = {"tol": 1e-3} if isinstance(cor_i, GmresCorrector) else {}
-        # low-precision factors apply A^-1 only to within the contraction refinement showed (< 1/2)
-        inflation = 1.0 if cor_i.route == "double" else 2.0
         if exact_inverse:
             normwise, componentwise = _exact_bounds(sys_i, host)
-            normwises.append(normwise)
-            componentwises.append(componentwise)
-            continue
-        normwise, componentwise = _bounds_through(sys_i, cor_i, host, inflation, **options)
-        if isinstance(cor_i, GmresCorrector) and not cor_i.bound_solves_converged:
-            # a GMRES solve of the estimator stopped short of its tolerance: its A^-1 is not to be
-            # trusted for a bound, a double factorization's is (rare, and then worth its cost)
-            normwise, componentwise = _exact_bounds(sys_i, host)
+        else:
+            gmres = isinstance(cor_i, GmresCorrector)
+            # GMRES to 1e-3 is plenty for a norm estimate (which needs about one digit)
+            options = {"tol": 1e-3} if gmres else {}
+            # low-precision factors apply A^-1 only to within the contraction refinement showed (< 1/2)
+            inflation = 1.0 if cor_i.route == "double" else 2.0
+            normwise, componentwise = _bounds_through(sys_i, cor_i, host, inflation, **options)
+            if gmres and not cor_i.bound_solves_converged:
+                # a GMRES solve of the estimator stopped short of its tolerance: its A^-1 is not to be
+                # trusted for a bound, a double factorization's is (rare, and then worth its cost)
+                normwise, componentwise = _exact_bounds(sys_i, host)
         normwises.append(normwise)
         componentwises.append(componentwise)
     return np.concatenate(omegas), np.concatenate(normwises), np.concatenate(componentwises)

@@ -31,6 +31,10 @@ HALF_MAX = 65504.0
 DOUBLE_EPS = UNIT_ROUNDOFF["double"]
 
 
+class SparsePrecisionError(InputError):
+    """A precision SuperLU does not offer, asked of a sparse matrix (a caller may offer to densify it)."""
+
+
 def resolve_precision(precision: str, *, device: str, sparse: bool) -> str:
     """The precision actually used: ``auto`` becomes ``single``; invalid combinations are refused.
 
@@ -46,7 +50,7 @@ def resolve_precision(precision: str, *, device: str, sparse: bool) -> str:
         raise InputError("precision 'tf32' is a GPU tensor-core mode: use device='cuda' "
                          "(or 'single' on the CPU)")
     if sparse and precision not in ("single", "double"):
-        raise InputError(f"a sparse matrix is factored by SuperLU in single or double precision, "
+        raise SparsePrecisionError(f"a sparse matrix is factored by SuperLU in single or double precision, "
                          f"not {precision!r}")
     return precision
 

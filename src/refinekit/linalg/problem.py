@@ -360,9 +360,8 @@ class IterativeRefinementProblem(RefinementProblem):
         d = self.corrector.correct(self._residual, self._checked[2])
         self._last_inner = getattr(self.corrector, "inner_iterations", 0)
         d_norm = _largest(np.abs(d)) if self._numpy else self.system.column_norms(d)
-        finite = bool(np.isfinite(d_norm).all())
         self._corrected = (d, d_norm)
-        if not finite:  # a max is NaN or Inf exactly where an entry is
+        if not np.isfinite(d_norm).all():  # a max is NaN or Inf exactly where an entry is
             raise StopRefinement(Status.NON_FINITE, f"non-finite correction from the {self.corrector.route} "
                                                     f"corrector")
         return d

@@ -35,7 +35,12 @@ KEEP_ABS_UP_TO = 2048
 ONE_BLOCK_BYTES = 1 << 21
 
 
-class SingularMatrixError(InputError, np.linalg.LinAlgError):
+class MatrixError(InputError):
+    """Bad values in the matrix A itself (not finite, a row's sum overflowing, singular), found by the
+    solver, which has no file to name: a caller that read A from one names it (as the command line does)."""
+
+
+class SingularMatrixError(MatrixError, np.linalg.LinAlgError):
     """The matrix is singular: an exact zero pivot in the double-precision LU, or a zero row or column.
 
     It is an :class:`~refinekit.core.InputError` (the command line reports it in one line, exit code 2)
@@ -493,8 +498,8 @@ class DenseSystem(NumpyVectors):
     def _check_statistics(self, row_max: np.ndarray, row_sum: np.ndarray, col_max: np.ndarray) -> None:
         if not np.all(np.isfinite(row_sum)):
             if not np.all(np.isfinite(self.a)):
-                raise InputError("the matrix A contains NaN or Inf")
-            raise InputError("the matrix A has entries so large that a row's sum overflows")
+                raise MatrixError("the matrix A contains NaN or Inf")
+            raise MatrixError("the matrix A has entries so large that a row's sum overflows")
         zero_rows = np.flatnonzero(row_max == 0)
         if zero_rows.size:
             raise SingularMatrixError(f"the matrix A is singular: row {zero_rows[0]} is zero")
@@ -666,7 +671,7 @@ class SparseSystem(NumpyVectors):
         a = sp.csr_array(a, dtype=np.float64)
         a.sum_duplicates()
         if not np.all(np.isfinite(a.data)):
-            raise InputError("the matrix A contains NaN or Inf")
+            raise MatrixError("the matrix A contains NaN or Inf")
         self.a = a
         self.b = b
         self.n, self.k = b.shape
@@ -690,7 +695,7 @@ class SparseSystem(NumpyVectors):
         with np.errstate(over="ignore"):  # a sum beyond double's range: Inf, refused below
             self.norm_inf = float(np.max(np.asarray(magnitudes.sum(axis=1)).ravel()))
         if not math.isfinite(self.norm_inf):
-            raise InputError("the matrix A has entries so large that a row's sum overflows")
+            raise MatrixError("the matrix A has entries so large that a row's sum overflows")
 
         def col_max_after(row: np.ndarray | None) -> np.ndarray:
             if row is None:

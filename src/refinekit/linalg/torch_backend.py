@@ -28,6 +28,7 @@ from .precision import UNIT_ROUNDOFF, resolve_precision
 from .systems import (
     SCALE_EXPONENTS,
     FactorizationFailed,
+    MatrixError,
     Scaling,
     SingularMatrixError,
     estimated_reciprocal_condition,
@@ -364,8 +365,8 @@ class TorchSystem:
         row_sum = magnitudes.sum(-1)
         if not bool(torch.isfinite(row_sum).all()):
             if not bool(torch.isfinite(a).all()):
-                raise InputError("the matrix A contains NaN or Inf")
-            raise InputError("the matrix A has entries so large that a row's sum overflows")
+                raise MatrixError("the matrix A contains NaN or Inf")
+            raise MatrixError("the matrix A has entries so large that a row's sum overflows")
         row_max = magnitudes.amax(-1)
         if bool((row_max == 0).any()):
             raise SingularMatrixError("the matrix A is singular: a row is zero")
