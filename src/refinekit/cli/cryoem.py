@@ -172,7 +172,7 @@ def refine_command(
     from ..cryoem import RefineOptions, read_map, read_particles, refine_particles, write_refinement
     from ..cryoem.api import OUTPUT_FILES
     from ..cryoem.backend import get_backend
-    from ..cryoem.problem import MIN_BOX
+    from ..cryoem.problem import check_box
 
     if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
         raise InputError(f"--device must be cpu or cuda, got {device!r}")
@@ -204,10 +204,7 @@ def refine_command(
             path=particles,
         )
     # the refinement checks these too, but without the file's name
-    if stack.box < MIN_BOX:
-        raise InputError(
-            f"the images are {stack.box} pixels across: refinement needs at least {MIN_BOX}", path=particles
-        )
+    check_box(stack.box, "refinement", particles)
     subsets = stack.subsets.tolist() if stack.subsets is not None else []
     halves = [subsets.count(1), subsets.count(2)] if subsets else [(len(stack) + 1) // 2, len(stack) // 2]
     if min(halves) < 2:
@@ -260,7 +257,7 @@ def reconstruct_command(
     from ..core import InputError, atomic_outputs
     from ..cryoem import read_particles, reconstruct_particles, write_map
     from ..cryoem.preprocess import downsample_stack
-    from ..cryoem.problem import MIN_BOX
+    from ..cryoem.problem import MIN_BOX, check_box
 
     if out.suffix.lower() not in (".mrc", ".map"):
         raise InputError("the output map must end in .mrc or .map", path=out)
@@ -273,11 +270,7 @@ def reconstruct_command(
             "no rlnAngleRot/rlnAngleTilt/rlnAnglePsi columns to reconstruct from", path=particles
         )
     # a map of a few pixels has no shells to measure (a 2-pixel one reported "FSC 0.143: 4.00 A")
-    if stack.box < MIN_BOX:
-        raise InputError(
-            f"the images are {stack.box} pixels across: reconstruction needs at least {MIN_BOX}",
-            path=particles,
-        )
+    check_box(stack.box, "reconstruction", particles)
     if box is not None:
         if not MIN_BOX <= box <= stack.box:
             raise InputError(f"--box must be between {MIN_BOX} and the images' {stack.box} pixels, got {box}")

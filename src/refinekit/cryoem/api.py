@@ -18,7 +18,7 @@ from ..core.result import jsonable
 from .backend import Backend, get_backend
 from .fsc import FSCReport, fourier_shell_correlation, gold_standard_fsc
 from .io import ParticleStack, particles_star_blocks, write_map, write_star
-from .problem import MIN_BOX, IterationSummary, ProjectionMatching, RefinementState, RefineOptions
+from .problem import IterationSummary, ProjectionMatching, RefinementState, RefineOptions, check_box
 from .reconstruct import backproject_particles, reconstruct_halves, reconstruct_single
 from .search import ParticleTransforms
 
@@ -135,11 +135,7 @@ def reconstruct_particles(
         else (stack.origins if origins is None else origins)
     )
     rotations, origins = _checked_poses(stack, rotations, origins, origins_source)
-    if stack.box < MIN_BOX:  # too few shells for a map and its FSC
-        raise InputError(
-            f"the images are {stack.box} pixels across: reconstruction needs at least {MIN_BOX}",
-            path=stack.source,
-        )
+    check_box(stack.box, "reconstruction", stack.source)
     if pad not in (1, 2, 3, 4):
         raise InputError(f"padding must be 1..4, got {pad}")
     be = get_backend(backend, device)

@@ -54,7 +54,8 @@ class DensityMap:
         return int(self.data.shape[0])
 
 
-def _open_mrc(path: Path, what: str) -> tuple[np.ndarray, float | None]:
+def _open_mrc(path: Path, what: str) -> tuple[np.ndarray, float | None, Any]:
+    """The data, the voxel size (None where unknown) and a copy of the header of an MRC file."""
     import mrcfile
 
     if not path.exists():
@@ -70,12 +71,13 @@ def _open_mrc(path: Path, what: str) -> tuple[np.ndarray, float | None]:
                     raise InputError(f"not an MRC {what} (no data could be read)", path=path)
                 data = np.array(mrc.data, dtype=np.float32)
                 voxel = float(mrc.voxel_size.x)
+                header = mrc.header.copy()
     except InputError:
         raise
     except (OSError, ValueError, TypeError, EOFError) as exc:
         raise InputError(f"cannot read the MRC {what} ({error_reason(exc)})", path=path) from None
     pixel = voxel if math.isfinite(voxel) and voxel > 0 else None
-    return data, pixel
+    return data, pixel, header
 
 
 def _check_mrc_size(header: Any, path: Path, what: str) -> None:
@@ -110,7 +112,7 @@ def read_map(path: str | os.PathLike[str]) -> DensityMap:
     The voxel size is None where the header gives 0 (unknown).
     """
     path = Path(path)
-    data, pixel = _open_mrc(path, "map")
+    data, pixel, header = _open_mrc(path, "map")
     if data.ndim != 3 or data.size == 0:
         raise InputError(f"a map must be three-dimensional, this MRC file has shape {data.shape}", path=path)
     if len(set(data.shape)) != 1:
@@ -119,20 +121,14 @@ def read_map(path: str | os.PathLike[str]) -> DensityMap:
         raise InputError("the map contains NaN or Inf values", path=path)
     if not np.any(data):
         raise InputError("the map is all zeros", path=path)
-    return DensityMap(data, pixel, _origin_of(path, pixel))
+    return DensityMap(data, pixel, _origin_of(header, pixel))
 
 
-def _origin_of(path: Path, pixel: float | None) -> tuple[float, float, float]:
+def _origin_of(header: Any, pixel: float | None) -> tuple[float, float, float]:
     """The first voxel's position (x, y, z, Angstrom): the header's origin plus its start indices times
     the voxel size (0 where either is unknown or not finite)."""
-    import mrcfile
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        with mrcfile.open(path, mode="r", permissive=True, header_only=True) as mrc:
-            header = mrc.header
-            origin = [float(header.origin[axis]) for axis in ("x", "y", "z")]
-            start = [float(header.nxstart), float(header.nystart), float(header.nzstart)]
+    origin = [float(header.origin[axis]) for axis in ("x", "y", "z")]
+    start = [float(header.nxstart), float(header.nystart), float(header.nzstart)]
     step = pixel if pixel is not None else 0.0
     position = tuple(o + n * step for o, n in zip(origin, start, strict=True))
     return position if all(math.isfinite(v) for v in position) else (0.0, 0.0, 0.0)  # type: ignore[return-value]
@@ -321,22 +317,20 @@ def _numeric(block: Any, column: str, path: Path, *, required: bool = True) -> n
         values = np.asarray(block[column], dtype=float)
     except (TypeError, ValueError):
         raise InputError(f"column {column} is not numeric", path=path) from None
-    bad = ~np.isfinite(values)
-    if bad.any():
-        raise InputError(
-            f"column {column} has a missing or non-finite value in row {int(np.argmax(bad)) + 1}", path=path
-        )
+    _refuse_rows(~np.isfinite(values), column, "a missing or non-finite value", path)
     return values
+
+
+def _refuse_rows(bad: np.ndarray, column: str, what: str, path: Path) -> None:
+    """Refuse ``column`` where any of its rows is ``bad``, naming the first (rows count from 1)."""
+    if bad.any():
+        raise InputError(f"column {column} has {what} in row {int(np.argmax(bad)) + 1}", path=path)
 
 
 def _integers(block: Any, column: str, path: Path) -> np.ndarray:
     """A required column of whole numbers (group ids, half sets): 1.5 is refused, not truncated to 1."""
     values = _numeric(block, column, path)
-    fractional = values != np.round(values)
-    if fractional.any():
-        raise InputError(
-            f"column {column} has a non-integer value in row {int(np.argmax(fractional)) + 1}", path=path
-        )
+    _refuse_rows(values != np.round(values), column, "a non-integer value", path)
     return values.astype(int)
 
 
@@ -441,7 +435,7 @@ def _load_images(names: list[tuple[Path, int]], path: Path, whole_files: set[Pat
     for stack, rows in by_stack.items():
         if not stack.exists():
             raise InputError(f"the particle stack {stack} does not exist", path=path)
-        data, _ = _open_mrc(stack, "particle stack")
+        data, _, _ = _open_mrc(stack, "particle stack")
         if data.ndim == 2:
             data = data[None]
         elif stack in whole_files and data.ndim == 3 and data.shape[0] > 1:
@@ -502,7 +496,8 @@ def read_particles(path: str | os.PathLike[str], *, load_images: bool = True) ->
         raise InputError("the optics table has no rlnOpticsGroup column", path=path)
     if optics is not None:
         group_ids = _integers(optics, "rlnOpticsGroup", path)
-        repeated = sorted({int(g) for g in group_ids if np.count_nonzero(group_ids == g) > 1})
+        ids, counts = np.unique(group_ids, return_counts=True)
+        repeated = ids[counts > 1].tolist()
         if repeated:
             raise InputError(f"the optics table lists optics group(s) {repeated} more than once", path=path)
         if "rlnOpticsGroup" in block.columns:
@@ -537,10 +532,8 @@ def read_particles(path: str | os.PathLike[str], *, load_images: bool = True) ->
     # RELION's defocus is positive underfocus and its Cs a magnitude: a negative value is a corrupt or
     # sign-flipped table, which would otherwise refine against a wrong CTF without a word
     for column, value in (("rlnDefocusU", defocus_u), ("rlnDefocusV", defocus_v)):
-        if value is not None and np.any(value < 0):
-            raise InputError(
-                f"column {column} has a negative value in row {int(np.argmax(value < 0)) + 1}", path=path
-            )
+        if value is not None:
+            _refuse_rows(value < 0, column, "a negative value", path)
     if np.any(values["rlnSphericalAberration"] < 0):
         raise InputError("rlnSphericalAberration must not be negative", path=path)
     scale = _numeric(block, "rlnCtfScalefactor", path, required=False)

@@ -59,8 +59,15 @@ from .search import (
     shift_grid,
 )
 
-#: The smallest image (pixels) a refinement accepts.
+#: The smallest image (pixels) a refinement or a reconstruction accepts.
 MIN_BOX = 8
+
+
+def check_box(box: int, task: str, path: object | None = None) -> None:
+    """Refuse images under ``MIN_BOX`` pixels across for ``task`` (too few Fourier shells for an FSC:
+    2 pixels fails deep in the numerics, or reports a meaningless resolution)."""
+    if box < MIN_BOX:
+        raise InputError(f"the images are {box} pixels across: {task} needs at least {MIN_BOX}", path=path)
 
 #: Global candidates per particle refined locally where the particles are ambiguous.
 AMBIGUOUS_CANDIDATES = 16
@@ -127,8 +134,7 @@ class RefineOptions:
     solvent_flatten: bool = True
 
     def check(self, box: int, pixel_size: float) -> None:
-        if box < MIN_BOX:  # too few Fourier shells for an FSC (2 pixels fails deep in the numerics)
-            raise InputError(f"the images are {box} pixels across: refinement needs at least {MIN_BOX}")
+        check_box(box, "refinement")
         # counts must be whole numbers: NaN passed every "< 1" test, 2.0 broke the HEALPix grid
         for name in (
             "max_iterations", "global_order", "global_iterations", "max_global_iterations",
