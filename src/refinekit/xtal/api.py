@@ -129,7 +129,8 @@ class RefinementJob:
         #: what the run does with the model other than as given, said with the result
         self.notes: list[str] = []
         self.structure = read_model(model_path, self.notes)
-        n_aniso = sum(1 for cra in self.structure[0].all() if cra.atom.aniso.nonzero())
+        atoms = [cra.atom for cra in self.structure[0].all()]
+        n_aniso = sum(1 for atom in atoms if atom.aniso.nonzero())
         if n_aniso:
             self.notes.append(f"{n_aniso} atoms have anisotropic B-factors (ANISOU): refinement is "
                               f"isotropic, so they start from their equivalent isotropic B and are written "
@@ -137,7 +138,7 @@ class RefinementJob:
         self.data = read_reflections(data_path, labels=labels, free_label=free_label,
                                      free_fraction=free_fraction, seed=seed)
         check_model_matches_data(self.structure, self.data, model_path, data_path)
-        if all(cra.atom.is_hydrogen() for cra in self.structure[0].all()):
+        if all(atom.is_hydrogen() for atom in atoms):
             # hydrogens ride on heavy atoms: without any, the refined model would have no atoms
             raise InputError("the model has only hydrogen atoms: nothing to refine", path=model_path)
         self.monlib, self.monlib_dir = load_monomer_library(self.structure[0].get_all_residue_names(), monlib)
@@ -269,8 +270,7 @@ class RefinementJob:
         if result.history and result.kept.cycle == 0:
             # the kept model is the starting one: written as read (with its riding hydrogens), not from
             # the parameters, whose B-factors were clipped to the refinement's bounds
-            structure = AtomicModel(self.structure, self.monlib, hydrogens=self.hydrogens,
-                                    refine_occupancy=self.occupancy).structure.clone()
+            structure = problem.model.initial_structure.clone()
         else:
             structure = problem.model.structure.clone()
         alarms = list(result.alarms)
@@ -282,9 +282,7 @@ class RefinementJob:
         twin_warning = twin_free_set_warning(self.twin_info)
         if twin_warning:
             alarms.insert(0, Alarm("twin_free_set", None, twin_warning))
-        for note in reversed(self.notes):
-            alarms.insert(0, Alarm("model_input", None, note))
-
+        alarms[:0] = [Alarm("model_input", None, note) for note in self.notes]
         if data.info.get("free_source") == "made":
             alarms.insert(0, Alarm("free_set_made", None, "the data had no free set: one was made here "
                                    f"({data.info.get('free_convention')}) and written to the output MTZ"))

@@ -70,10 +70,10 @@ def _check_atom_values(st: gemmi.Structure, path: Path) -> None:
     """Refuse non-finite or negative coordinates, B-factors and occupancies, and a model whose every
     atom has zero occupancy: they reach the structure factors as NaN or zero (a singular scale fit)."""
     cras = list(st[0].all())
-    xyz = np.array([cra.atom.pos.tolist() for cra in cras])
-    b_iso = np.array([cra.atom.b_iso for cra in cras])
-    aniso = np.array([cra.atom.aniso.elements_pdb() for cra in cras])
-    occ = np.array([cra.atom.occ for cra in cras])
+    # one pass over the atoms: x, y, z, B, the six ANISOU elements, occupancy
+    values = np.array([(*a.pos.tolist(), a.b_iso, *a.aniso.elements_pdb(), a.occ)
+                       for a in (cra.atom for cra in cras)], dtype=float).reshape(-1, 11)
+    xyz, b_iso, aniso, occ = values[:, :3], values[:, 3], values[:, 4:10], values[:, 10]
     checks = [(~np.all(np.isfinite(xyz), axis=1), "a non-finite coordinate"),
               (~np.isfinite(b_iso) | ~np.all(np.isfinite(aniso), axis=1), "a non-finite B-factor"),
               (~np.isfinite(occ), "a non-finite occupancy"),
@@ -157,8 +157,8 @@ MAX_CELLS_FROM_ORIGIN = 100.0
 
 
 def _check_model_extent(st: gemmi.Structure, model_path: object) -> None:
-    frac = np.array([st.cell.fractionalize(cra.atom.pos).tolist() for cra in st[0].all()])
-    far = float(np.max(np.abs(frac)))
+    box = st.calculate_fractional_box()     # of the atoms' fractional coordinates, in the data's cell
+    far = max(abs(v) for v in (*box.minimum.tolist(), *box.maximum.tolist()))
     if far > MAX_CELLS_FROM_ORIGIN:
         raise InputError(f"atoms lie {far:.3g} unit cells from the origin (corrupt coordinates?)",
                          path=model_path)
@@ -236,9 +236,9 @@ def read_reflections(path: str | os.PathLike[str], *, labels: Sequence[str] | No
     hkl_as_given = np.asarray(mtz.make_miller_array(), dtype=np.int32)
     # indices in the reciprocal asymmetric unit, so that symmetry mates are one reflection
     mtz.ensure_asu()
-    hkl_check = np.asarray(mtz.make_miller_array(), dtype=np.int32)
-    _, inverse, counts = np.unique(hkl_check, axis=0, return_inverse=True, return_counts=True)
-    if counts.size != hkl_check.shape[0]:
+    hkl_all = np.asarray(mtz.make_miller_array(), dtype=np.int32)
+    _, inverse, counts = np.unique(hkl_all, axis=0, return_inverse=True, return_counts=True)
+    if counts.size != hkl_all.shape[0]:
         repeated = counts[inverse.ravel()] > 1
         if _friedel_mates_apart(sg, hkl_as_given[repeated], inverse.ravel()[repeated]):
             raise InputError("Friedel mates (h and -h) are separate reflections (anomalous data): merge them "
@@ -257,7 +257,6 @@ def read_reflections(path: str | os.PathLike[str], *, labels: Sequence[str] | No
     cell = np.array(unit_cell.parameters)
     if not (np.all(np.isfinite(cell)) and np.all(cell[:3] > 1.0) and unit_cell.volume > 0):
         raise InputError(f"the reflection file has no valid unit cell ({_cell_text(cell)})", path=path)
-    hkl_all = np.asarray(mtz.make_miller_array(), dtype=np.int32)
     values = np.asarray(value_col.array, dtype=float)
     sigmas = np.asarray(sigma_col.array, dtype=float)
     absent = np.asarray(sg.operations().systematic_absences(hkl_all), dtype=bool)

@@ -161,6 +161,9 @@ class AtomicModel:
         self.restraints = GeometryRestraints.from_topology(self.topo, self.atoms, monlib, residues,
                                                            skip=self.is_h)
         self.gauss_a, self.gauss_b = form_factor_gaussians([a.element for a in self.atoms])
+        #: the structure as prepared (riding hydrogens placed, B-factors isotropic and not clipped to the
+        #: refinement's bounds), before any parameters are put into it: the starting model as written
+        self.initial_structure = st.clone()
 
     # ------------------------------------------------------------------------------ topology
     def _prepare(self, st: gemmi.Structure) -> gemmi.Topo:
