@@ -96,12 +96,7 @@ def fit_command(
     flags = None
     flags_source = None
     if free_flags is not None and free_flags.exists():
-        try:
-            flags = FreeFlags.load(free_flags, n=len(columns[y]))
-        except InputError:
-            raise
-        except (ValueError, OverflowError):  # a malformed header item, a flag too large for int64
-            raise InputError("corrupt free-flag file", path=free_flags) from None
+        flags = FreeFlags.load(free_flags, n=len(columns[y]))
         flags_source = "loaded"
     elif free_flags is not None and free_fraction == 0:
         raise InputError("--free-flags needs a free set to write: --free-fraction is 0")

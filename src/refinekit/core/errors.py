@@ -33,7 +33,7 @@ def error_reason(exc: BaseException) -> str:
     'bad header'
     """
     if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror.lower()
+        return os_error_text(exc)
     text = " ".join(str(exc).split())
     return text[:120] if text else type(exc).__name__
 

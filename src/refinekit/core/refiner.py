@@ -214,32 +214,25 @@ class Refiner:
         if not result.history:
             raise InputError("cannot continue a run that checked no model")
         last = result.history[-1]
-        if result.n_cycles > last.cycle:
-            # a check stopped the run (StopRefinement): x_last, the model of cycle n_cycles, was
-            # never checked, so it is checked now as that cycle after every recorded one (the size of
-            # the correction that made it was not kept: its record has no step)
-            monitor = OverfitMonitor(self.monitor.patience, self.monitor.min_delta, self.monitor.rel_delta)
-            for record in result.history:
-                monitor.update(record.cycle, record.work, record.free)
-            return {
-                "x": result.x_last, "cycle": result.n_cycles, "history": list(result.history),
-                "alarms": list(result.alarms), "best_x": result.x_best,
-                "lowest_work": min(r.work for r in result.history),
-                "last_step": None, "prev_step": last.step,
-                "monitor": monitor.state_dict(), "problem": None,
-            }
-        before = result.history[:-1]
+        # a check that stopped the run (StopRefinement) left x_last, the model of cycle n_cycles,
+        # unchecked: it is checked now as that cycle after every recorded one (the size of the
+        # correction that made it was not kept: its record has no step)
+        unchecked = result.n_cycles > last.cycle
+        before = result.history if unchecked else result.history[:-1]
         monitor = OverfitMonitor(self.monitor.patience, self.monitor.min_delta, self.monitor.rel_delta)
         for record in before:
             monitor.update(record.cycle, record.work, record.free)
+        state = {"x": result.x_last, "history": list(before), "monitor": monitor.state_dict(),
+                 "lowest_work": min((r.work for r in before), default=math.inf), "problem": None}
+        if unchecked:
+            return {**state, "cycle": result.n_cycles, "alarms": list(result.alarms),
+                    "best_x": result.x_best, "last_step": None, "prev_step": last.step}
         # the best model before the last cycle; if the last cycle was the best, its re-check makes it so
         best_x = result.x_best if result.best_cycle < last.cycle else result.x_last
         return {
-            "x": result.x_last, "cycle": last.cycle, "history": list(before),
+            **state, "cycle": last.cycle, "best_x": best_x,
             "alarms": [a for a in result.alarms if a.cycle is not None and a.cycle < last.cycle],
-            "best_x": best_x, "lowest_work": min((r.work for r in before), default=math.inf),
             "last_step": last.step, "prev_step": before[-1].step if before else None,
-            "monitor": monitor.state_dict(), "problem": None,
         }
 
     # ---------------------------------------------------------------------------- stop rules

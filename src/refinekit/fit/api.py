@@ -277,13 +277,11 @@ def _real_array(value: Any, what: str, dtype: Any) -> np.ndarray:
     part with a mere warning), as is anything not numeric."""
     try:
         arr = np.asarray(value)
-        if np.iscomplexobj(arr):
-            raise InputError(f"{what} is complex: a fit needs real numbers")
-        return arr.astype(dtype)
+        if not np.iscomplexobj(arr):
+            return arr.astype(dtype)
     except (TypeError, ValueError) as exc:
-        if isinstance(exc, InputError):
-            raise
         raise InputError(f"{what} is not numeric ({exc})") from None
+    raise InputError(f"{what} is complex: a fit needs real numbers")
 
 
 def _compile(model: str | ModelFunction, params: Parameters, columns: dict[str, np.ndarray],

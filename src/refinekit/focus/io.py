@@ -32,10 +32,12 @@ FrameProps = tuple[tuple[int, int], int, np.dtype]  # (height, width), channels,
 
 @dataclass(frozen=True)
 class FrameRef:
-    """Where one frame lives: a file, and the frame's index inside a multi-frame TIFF (else None)."""
+    """Where one frame lives: a file, the frame's index inside a multi-frame TIFF (else None), and the
+    EXIF orientation it is decoded with (read once, with the header)."""
 
     path: Path
     index: int | None = None
+    orientation: int = 1
 
     @property
     def name(self) -> str:
@@ -275,7 +277,8 @@ def _probe(path: Path) -> list[tuple[FrameRef, FrameProps]]:
         return _probe_tiff(path)
     png = _probe_png(path)
     if png is not None:
-        return [(FrameRef(path), _oriented(png, _exif_orientation(path)))]
+        orientation = _exif_orientation(path)
+        return [(FrameRef(path, orientation=orientation), _oriented(png, orientation))]
     try:
         import imageio.v3 as iio
 
@@ -289,7 +292,9 @@ def _probe(path: Path) -> list[tuple[FrameRef, FrameProps]]:
         raise InputError("animated or multi-frame image: give multi-frame stacks as TIFF", path=path)
     if props.is_batch:  # Pillow reports any GIF as a batch, one of a single frame too
         shape = shape[1:]
-    return [(FrameRef(path), _oriented(_check_props(path, shape, dtype), _exif_orientation(path)))]
+    checked = _check_props(path, shape, dtype)
+    orientation = _exif_orientation(path)
+    return [(FrameRef(path, orientation=orientation), _oriented(checked, orientation))]
 
 
 def _exif_orientation(path: Path) -> int:
@@ -457,14 +462,7 @@ def _decode(ref: FrameRef) -> np.ndarray:
             import tifffile
 
             with _quiet_tifffile(), tifffile.TiffFile(path) as tif:
-                series = tif.series[0]
-                if ref.index is None:
-                    data = np.asarray(series.asarray())
-                    if (_frame_axes(series.shape, series.axes) or (2, False))[1]:
-                        data = np.moveaxis(data, -3, -1)  # planes R, G, B to (H, W, 3)
-                else:
-                    data = _tiff_frame(tif.series, ref.index)
-            image = np.asarray(data)
+                image = _tiff_frame(tif.series, ref.index or 0)
         else:
             import cv2
 
@@ -483,7 +481,7 @@ def _decode(ref: FrameRef) -> np.ndarray:
                 import imageio.v3 as iio
 
                 image = np.asarray(iio.imread(path))
-            image = _upright(image, _exif_orientation(path))
+            image = _upright(image, ref.orientation)
     except InputError:
         raise
     except Exception as exc:
